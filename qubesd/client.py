@@ -231,7 +231,7 @@ class SocketTransport:
     def describe(self) -> str:
         return f"qubesd socket {self.path}"
 
-    def _connect(self) -> socket.socket:
+    def connect(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
@@ -245,7 +245,7 @@ class SocketTransport:
         return f"{method}+{arg or ''} {self.src} name {dest}\0".encode("ascii")
 
     def call_raw(self, dest: str, method: str, arg: str | None, payload: bytes) -> bytes:
-        sock = self._connect()
+        sock = self.connect()
         try:
             try:
                 sock.sendall(self.header(dest, method, arg) + payload)
@@ -269,7 +269,7 @@ class SocketTransport:
             sock.close()
 
     def events(self, dest: str = "dom0", timeout: float | None = None) -> Iterator[Event]:
-        sock = self._connect()
+        sock = self.connect()
         try:
             sock.sendall(self.header(dest, "admin.Events", None))
             sock.shutdown(socket.SHUT_WR)

@@ -57,12 +57,16 @@ def main(argv: list[str] | None = None) -> int:
                 print("Remove cancelled.")
                 return 1
         failed = False
+
+        def label(vm: VM, msg: str) -> str:
+            return msg if len(vms) == 1 else f"{vm.name}: {msg}"
+
         for vm in vms:
             try:
                 vm.remove()
             except exc.QubesVMInUseError as err:
                 failed = True
-                _common.report("qvm-remove", f"{vm.name}: {error_message(err)}")
+                _common.report("qvm-remove", label(vm, error_message(err)))
                 try:
                     deps = vm_dependencies(app, vm)
                 except (exc.QubesException, exc.PermissionDenied):
@@ -72,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  used by {where} {prop}", file=sys.stderr)
             except (exc.QubesException, exc.ProtocolError, exc.PermissionDenied) as err:
                 failed = True
-                _common.report("qvm-remove", f"{vm.name}: {_common.describe_error(err)}")
+                _common.report("qvm-remove", label(vm, _common.describe_error(err)))
         return 1 if failed else 0
 
     return _common.run("qvm-remove", body)
