@@ -109,7 +109,7 @@ def prefs_main(prog: str, argv: list[str] | None, with_vm: bool) -> int:
     if with_vm:
         parser.add_argument("domain", metavar="VMNAME", help="name of the qube")
     add_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     def body() -> int:
         app = Qubes()

@@ -25,7 +25,7 @@ def get_parser() -> _common.ToolParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = get_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if args.feature is None and (args.delete or args.value is not None):
         parser.error("--unset and VALUE need a FEATURE")
     if args.delete and args.value is not None:

@@ -28,7 +28,7 @@ def get_parser() -> _common.ToolParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = get_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     command = COMMANDS.get(args.command)
     if command is None:
         parser.error(f"unknown command {args.command!r} (list, add or del)")
