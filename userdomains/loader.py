@@ -92,6 +92,7 @@ class _Checker:
         self.issues: list[Issue] = []
         self.warnings: list[Issue] = []
         self._seen: set[int] = set()
+        self.alias_seen = False
 
     def err(self, node: yaml.Node, reason: str) -> None:
         line, col = _pos(node)
@@ -106,7 +107,8 @@ class _Checker:
         # node twice means an alias. Refusing them keeps the meaning of each line local
         # and rules out alias bombs.
         if id(node) in self._seen:
-            self.err(node, "YAML anchors and aliases are not allowed")
+            # The node's mark is the anchor's; the alias itself is located afterwards.
+            self.alias_seen = True
             return False
         self._seen.add(id(node))
         return True
@@ -192,6 +194,14 @@ class _Checker:
         return node.value.lower() in ("true", "yes", "on", "y")
 
 
+def _locate_aliases(text: str, c: _Checker) -> None:
+    """Report each alias at its own line (only the event stream knows where it is)."""
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.AliasEvent):
+            line, col = event.start_mark.line + 1, event.start_mark.column + 1
+            c.issues.append(Issue(line, col, "YAML anchors and aliases are not allowed"))
+
+
 def _principal_vm_error(name: str) -> str | None:
     problem = vm_name_error(name)
     if problem is None and name == "dom0":
@@ -259,6 +269,9 @@ def parse(data: str | bytes, source: str = "userdomains.yaml") -> Snapshot:
     owner_line: dict[str, int] = {}
     if "users" in top:
         _principals(c, top["users"][1], users, principals, owner_line)
+
+    if c.alias_seen:
+        _locate_aliases(text, c)
 
     if c.issues:
         raise UserDomainsError(c.issues, source)
