@@ -124,7 +124,7 @@ def load(app: App, data: bytes, source: str = "qubes.xml") -> None:
             vm.load_value("uuid", vm.uuid)
         for feature in node.iterfind("./features/feature"):
             vm.features[feature.get("name")] = feature.text or ""
-        vm.tags.update(tag.get("name") for tag in node.iterfind("./tags/tag"))
+        vm.tags.update(dict.fromkeys(tag.get("name") for tag in node.iterfind("./tags/tag")))
         vm.devices = [_kept(d) for d in node.iterfind("./devices")]
         vm.volume_config = [_kept(v) for v in node.iterfind("./volume-config")]
         if vm.name in app.domains:
@@ -184,7 +184,7 @@ def domain_xml(vm: BaseVM) -> str:
         out.append("      <features/>\n")
     if vm.tags:
         out.append("      <tags>\n")
-        out.extend(f"        <tag name={quoteattr(tag)}/>\n" for tag in sorted(vm.tags))
+        out.extend(f"        <tag name={quoteattr(tag)}/>\n" for tag in vm.tags)
         out.append("      </tags>\n")
     else:
         out.append("      <tags/>\n")

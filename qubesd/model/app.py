@@ -172,6 +172,8 @@ class App(PropertyHolder):
     # -- labels -------------------------------------------------------------------------
     def get_label(self, untrusted_label: Any) -> Label:
         """Look a label up by index, name, or digit string, as upstream."""
+        if isinstance(untrusted_label, Label):
+            return untrusted_label
         if isinstance(untrusted_label, int):
             if untrusted_label in self.labels:
                 return self.labels[untrusted_label]

@@ -111,6 +111,12 @@ class PropertyHolder:
             return values[name]
         return self.PROPS[name].compute_default(self)
 
+    def get_or(self, name: str, fallback: Any) -> Any:
+        try:
+            return self.get(name)
+        except AttributeError:
+            return fallback
+
     def is_default(self, name: str) -> bool:
         return name not in self._values
 

@@ -320,7 +320,7 @@ class BaseVM(PropertyHolder):
         self.qid = qid
         self.uuid = uuid
         self.features: dict[str, str] = {}
-        self.tags: set[str] = set()
+        self.tags: dict[str, None] = {}  # ordered set: saves keep the file's order
         self.devices: list = []        # opaque <devices> elements kept from qubes.xml
         self.volume_config: list = []  # opaque <volume-config> children
         self.power_state = "Halted"
@@ -346,12 +346,6 @@ class BaseVM(PropertyHolder):
     def _changed(self) -> None:
         self.xml_cache = None
         self.app.domain_changed(self)
-
-    def get_or(self, name: str, fallback: Any) -> Any:
-        try:
-            return self.get(name)
-        except AttributeError:
-            return fallback
 
     def template_obj(self) -> "BaseVM | None":
         name = self._values.get("template") if "template" in self.PROPS else None
@@ -382,12 +376,12 @@ class BaseVM(PropertyHolder):
     def add_tag(self, tag: str) -> None:
         if tag in self.tags:
             return
-        self.tags.add(tag)
+        self.tags[tag] = None
         self._changed()
         self._fire(f"domain-tag-add:{tag}", tag=tag)
 
     def remove_tag(self, tag: str) -> None:
-        self.tags.remove(tag)
+        del self.tags[tag]
         self._changed()
         self._fire(f"domain-tag-delete:{tag}", tag=tag)
 
