@@ -24,8 +24,18 @@ SendEvent = Callable[[Any, str, dict], None]
 class Call:
     """Everything a handler may use for one request."""
 
-    __slots__ = ("daemon", "app", "method", "src", "dest", "arg", "payload", "send_event",
-                 "filters", "started")
+    __slots__ = (
+        "app",
+        "arg",
+        "daemon",
+        "dest",
+        "filters",
+        "method",
+        "payload",
+        "send_event",
+        "src",
+        "started",
+    )
 
     def __init__(self, daemon: "Daemon", method: Method, src: BaseVM, dest: BaseVM, arg: str,
                  payload: bytes, send_event: SendEvent | None) -> None:

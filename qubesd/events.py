@@ -61,7 +61,7 @@ class EventBus:
             else:
                 try:
                     result = handler(subject, event, **kwargs)
-                except Exception:  # noqa: BLE001 - isolate extensions from each other
+                except Exception:
                     log.exception("handler %r of %s failed", handler, event)
                     continue
             if result is not None:

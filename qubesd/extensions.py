@@ -22,7 +22,7 @@ def load_extensions(daemon) -> list:
         try:
             cls = ep.load()
             loaded.append(cls(daemon))
-        except Exception:  # noqa: BLE001 - a broken plugin must not stop the daemon
+        except Exception:
             log.exception("extension %s failed to load", ep.name)
             continue
         log.info("loaded extension %s", ep.name)

@@ -11,9 +11,16 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from qubesd.backend import BackendError, DomainSpec, LibvirtBackend
-from qubesd.exc import (QubesException, QubesVMError, QubesVMNotHaltedError,
-                        QubesVMNotPausedError, QubesVMNotRunningError, QubesVMNotStartedError,
-                        QubesVMNotSuspendedError, QubesVMShutdownTimeoutError)
+from qubesd.exc import (
+    QubesException,
+    QubesVMError,
+    QubesVMNotHaltedError,
+    QubesVMNotPausedError,
+    QubesVMNotRunningError,
+    QubesVMNotStartedError,
+    QubesVMNotSuspendedError,
+    QubesVMShutdownTimeoutError,
+)
 from qubesd.model.app import App
 from qubesd.model.vm import AdminVM, BaseVM, DispVM
 
@@ -94,7 +101,7 @@ class PowerManager:
             self.backend.undefine(vm.uuid)
             await self.save()
             log.info("removed disposable %s after shutdown", vm.name)
-        except Exception:  # noqa: BLE001 - a failed cleanup must not kill the loop
+        except Exception:
             log.exception("cleanup of disposable %s failed", vm.name)
 
     def _stop_waiter(self, vm: BaseVM) -> asyncio.Event:
@@ -106,7 +113,7 @@ class PowerManager:
             raise QubesVMNotHaltedError(vm, "Cannot start Dom0 fake domain!")
         if vm.power_state != "Halted":
             return
-        if "prohibit-start" in vm.features and vm.features["prohibit-start"]:
+        if vm.features.get("prohibit-start"):
             raise QubesException(f"Qube start prohibited: {vm.features['prohibit-start']}")
         template = vm.template_obj()
         if "template" in vm.PROPS and template is None:
@@ -157,7 +164,7 @@ class PowerManager:
         if wait:
             try:
                 await asyncio.wait_for(waiter.wait(), vm.get_or("shutdown_timeout", 60))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise QubesVMShutdownTimeoutError(vm) from None
 
     async def kill(self, vm: BaseVM) -> None:
@@ -172,7 +179,7 @@ class PowerManager:
             raise QubesException(f"Kill failed: {err}") from None
         try:  # the stop handling follows through the lifecycle callback
             await asyncio.wait_for(waiter.wait(), 10)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("no stop event for %s after kill; syncing from libvirt", vm.name)
             if self.backend.power_state(vm.uuid) == "Halted":
                 self._handle_stopped(vm)

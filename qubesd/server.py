@@ -13,7 +13,7 @@ import traceback
 
 from qubesd import protocol
 from qubesd.dispatch import Dispatcher
-from qubesd.exc import PermissionDenied, ProtocolError, QubesException, WIRE_EXCEPTIONS
+from qubesd.exc import WIRE_EXCEPTIONS, PermissionDenied, ProtocolError, QubesException
 
 log = logging.getLogger("qubesd.server")
 

@@ -12,22 +12,32 @@ import re
 import string
 
 from qubesd.dispatch import Call, require, require_arg
-from qubesd.exc import (PermissionDenied, ProtocolError, QubesException,
-                        QubesFeatureNotFoundError, QubesInvalidLabelError,
-                        QubesInvalidLabelValueError, QubesLabelInUseError,
-                        QubesLabelNotFoundError, QubesTagNotFoundError, QubesValueError,
-                        QubesVMAlreadyExistsError, QubesVMInUseError, QubesVMNotFoundError,
-                        QubesVMNotHaltedError, QubesVMNotRunningError)
+from qubesd.exc import (
+    PermissionDenied,
+    ProtocolError,
+    QubesException,
+    QubesFeatureNotFoundError,
+    QubesInvalidLabelError,
+    QubesInvalidLabelValueError,
+    QubesLabelInUseError,
+    QubesLabelNotFoundError,
+    QubesTagNotFoundError,
+    QubesValueError,
+    QubesVMAlreadyExistsError,
+    QubesVMInUseError,
+    QubesVMNotFoundError,
+    QubesVMNotHaltedError,
+    QubesVMNotRunningError,
+)
 from qubesd.model.labels import Label
 from qubesd.model.properties import PropertyHolder
 from qubesd.model.validate import is_label_name, validate_name, validate_tag
 from qubesd.model.vm import VM_CLASSES, AdminVM, DispVM
 from qubesd.registry import Access as A
 from qubesd.registry import Dest as D
-from qubesd.registry import NamesDomain
+from qubesd.registry import NamesDomain, api
 from qubesd.registry import Presence as P
 from qubesd.registry import Scope as S
-from qubesd.registry import api
 
 GLOBAL, LOCAL = S.GLOBAL, S.LOCAL
 R, W, X = A.READ, A.WRITE, A.EXECUTE
@@ -381,6 +391,40 @@ def _parse_create_payload(call: Call, allow_pool: bool) -> dict:
     return options
 
 
+def _volume_config(vm, pool: str | None, pools: dict[str, str]) -> str:
+    """Record where each volume lives (storage itself is a later issue).
+
+    As upstream, ``pool=`` moves only the volumes that are written and not snapshots:
+    an AppVM's root follows its template and the kernel stays in the kernel pool.
+    """
+    app = vm.app
+    template = vm.template_obj()
+    has_template = template is not None
+    layout = (  # name, default pool, rw, snapshot of the template, saved
+        ("root", app.get("default_pool_root"), True, has_template, not has_template),
+        ("private", app.get("default_pool_private"), True, False, True),
+        ("volatile", app.get("default_pool_volatile"), True, False, False),
+        ("kernel", app.get("default_pool_kernel"), False, False, False),
+    )
+    lines = ["<volume-config>"]
+    for name, default, rw, snapshot, saved in layout:
+        chosen = pools.get(name) or (pool if rw and not snapshot else None) or default
+        if snapshot and template is not None:
+            chosen = pools.get(name) or _template_root_pool(template) or default
+        lines.append(f'  <volume name="{name}" pool="{chosen}" rw="{rw}" '
+                     f'snap_on_start="{snapshot}" save_on_stop="{saved}"/>')
+    lines.append("</volume-config>")
+    return "\n      ".join(lines)
+
+
+def _template_root_pool(template) -> str | None:
+    for kept in template.volume_config:
+        match = re.search(r'<volume name="root" pool="([^"]*)"', kept)
+        if match:
+            return match.group(1)
+    return None
+
+
 def _make_create(klass: str, allow_pool: bool):
     cls = VM_CLASSES[klass]
 
@@ -409,9 +453,7 @@ def _make_create(klass: str, allow_pool: bool):
             if pool is not None and pool not in app.pools:
                 raise QubesException(f"Unknown storage pool {pool}")
         vm = app.add_new_vm(cls, options["name"], options["label"], template=template)
-        if options.get("pool") or options["pools"]:
-            vm.features  # pools are recorded; storage itself is a later issue
-            vm.volume_pools = {"pool": options.get("pool"), **options["pools"]}
+        vm.volume_config = [_volume_config(vm, options.get("pool"), options["pools"])]
         vm.add_tag(f"created-by-{call.src.name}")
         await call.save()
     return create

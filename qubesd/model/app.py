@@ -6,8 +6,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from qubesd.events import EventBus
-from qubesd.exc import (QubesLabelNotFoundError, QubesPropertyValueError, QubesValueError,
-                        QubesVMAlreadyExistsError, QubesVMNotFoundError)
+from qubesd.exc import (
+    QubesLabelNotFoundError,
+    QubesPropertyValueError,
+    QubesValueError,
+    QubesVMAlreadyExistsError,
+    QubesVMNotFoundError,
+)
 from qubesd.model.labels import DEFAULT_LABELS, Label
 from qubesd.model.properties import BOOL, INT, STR, VM, Prop, PropertyHolder, props_table
 from qubesd.model.validate import validate_name
@@ -73,8 +78,8 @@ GLOBAL_PROPS = props_table(*(
         ("default_kernel", STR, Prop, None, "Which kernel to use when not overriden in VM",
          False),
         ("default_netvm", VM, None, _global_vm(),
-         "Default NetVM for AppVMs. Initial state is `None`, which means that AppVMs are "
-         "not connected to the Internet.", False),
+         ("Default NetVM for AppVMs. Initial state is `None`, which means that AppVMs "
+          "are not connected to the Internet."), False),
         ("default_pool", STR, _default_pool, _pool,
          "Default storage pool", False),
         ("default_pool_kernel", STR, lambda app: app.get("default_pool"), _pool,

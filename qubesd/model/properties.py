@@ -7,9 +7,9 @@ time, so ``default=True`` on the wire always means "not explicitly set".
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
-from qubesd.exc import (QubesNoSuchPropertyError, QubesPropertyValueError, QubesValueError)
+from qubesd.exc import QubesNoSuchPropertyError, QubesPropertyValueError, QubesValueError
 from qubesd.model.validate import is_printable, parse_bool, validate_name
 
 NO_DEFAULT = object()
@@ -19,8 +19,20 @@ VM, INT, BOOL, LABEL, STR = "vm", "int", "bool", "label", "str"
 
 
 class Prop:
-    __slots__ = ("name", "kind", "default", "stage", "order", "doc", "write_once",
-                 "stateless", "allow_none", "check", "read_only", "clone")
+    __slots__ = (
+        "allow_none",
+        "check",
+        "clone",
+        "default",
+        "doc",
+        "kind",
+        "name",
+        "order",
+        "read_only",
+        "stage",
+        "stateless",
+        "write_once",
+    )
 
     def __init__(self, name: str, kind: str = STR, default: Any = NO_DEFAULT, *,
                  stage: int = 2, order: int = 0, doc: str = "", write_once: bool = False,
@@ -82,7 +94,7 @@ def props_table(*props: Prop, base: dict[str, Prop] | None = None,
 class PropertyHolder:
     """Explicit values plus declared defaults, with events on every change."""
 
-    PROPS: dict[str, Prop] = {}
+    PROPS: ClassVar[dict[str, Prop]] = {}
 
     def __init__(self) -> None:
         self._values: dict[str, Any] = {}

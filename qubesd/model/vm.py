@@ -1,12 +1,21 @@
 """Domain classes: AdminVM, TemplateVM, AppVM, StandaloneVM, DispVM (spec 6.1, 6.2)."""
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from qubesd.exc import (QubesLabelNotFoundError, QubesPropertyValueError, QubesValueError)
+from qubesd.exc import QubesLabelNotFoundError, QubesPropertyValueError, QubesValueError
 from qubesd.model.labels import Label
-from qubesd.model.properties import (BOOL, INT, LABEL, NO_DEFAULT, STR, VM, Prop,
-                                     PropertyHolder, props_table)
+from qubesd.model.properties import (
+    BOOL,
+    INT,
+    LABEL,
+    NO_DEFAULT,
+    STR,
+    VM,
+    Prop,
+    PropertyHolder,
+    props_table,
+)
 
 if TYPE_CHECKING:
     from qubesd.model.app import App
@@ -112,7 +121,7 @@ def _virt_mode(holder, prop: Prop, value: str) -> str:
     value = value.lower()
     if value not in ("hvm", "pv", "pvh"):
         raise QubesPropertyValueError(holder, prop.name, value,
-                                      f"Invalid virtualization mode, supported values: hvm, pv, pvh")
+                                      "Invalid virtualization mode, supported values: hvm, pv, pvh")
     return value
 
 
@@ -472,6 +481,17 @@ VM_CLASSES: dict[str, type[BaseVM]] = {
 VM_REF_PROPS = frozenset(
     name for cls in VM_CLASSES.values() for name, p in cls.PROPS.items() if p.kind == VM)
 
-__all__ = ["ADMINVM_UUID", "AdminVM", "AppVM", "BaseVM", "DispVM", "QubesVM",
-           "StandaloneVM", "TemplateVM", "VM_CLASSES", "VM_REF_PROPS", "NO_DEFAULT",
-           "QubesLabelNotFoundError"]
+__all__ = [
+    "ADMINVM_UUID",
+    "NO_DEFAULT",
+    "VM_CLASSES",
+    "VM_REF_PROPS",
+    "AdminVM",
+    "AppVM",
+    "BaseVM",
+    "DispVM",
+    "QubesLabelNotFoundError",
+    "QubesVM",
+    "StandaloneVM",
+    "TemplateVM",
+]
