@@ -104,9 +104,9 @@ def in_vm(system: dict[str, Path], *argv: str) -> subprocess.CompletedProcess[st
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "daemon: internal.GetSystemInfo raises KeyError 'template_for_dispvms' for a TemplateVM "
-    "(vm.get_or() of a property the class does not declare), so qrexec-daemon denies every "
-    "call while a TemplateVM exists"))
+    "daemon: internal.GetSystemInfo raises KeyError 'template_for_dispvms' (vm.get_or() of a "
+    "property the class does not declare: AdminVM, TemplateVM), so qrexec-daemon denies "
+    "every VM-side call"))
 def test_vm_mode_create_list_tags(system: dict[str, Path]) -> None:
     res = in_vm(system, "qubesd.tools.qvm_create", "-t", "tpl", "-l", "green", "made")
     assert (res.returncode, res.stderr) == (0, "")
