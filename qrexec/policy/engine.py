@@ -30,6 +30,7 @@ from .tokens import SOURCE, TARGET, value_keys
 log = logging.getLogger("qrexec.policy")
 
 _NO_RULE = 1 << 62
+_ASK_CACHE_MAX = 4096
 
 Group = dict[str, dict[str, int]]
 ListGroup = dict[str, list[int]]
@@ -68,6 +69,7 @@ class PolicySnapshot:
         self._any: Group = {}
         self._lists_by_service: dict[str, tuple[ListGroup | None, dict[str, ListGroup]]] = {}
         self._lists_any: ListGroup = {}
+        self._ask_cache: dict[tuple[str, str, str], tuple[SystemInfo, list[str]]] = {}
         self._build_index()
 
     # -- index --------------------------------------------------------------
@@ -249,7 +251,23 @@ class PolicySnapshot:
             return []
 
     def collect_targets_for_ask(self, request: Request) -> list[str]:
-        """Targets offered by an ``ask`` without ``target=`` (spec 3.3)."""
+        """Targets offered by an ``ask`` without ``target=`` (spec 3.3).
+
+        The result depends only on (service, argument, source) and the
+        system info, both immutable, so it is cached.
+        """
+        si = request.sysinfo
+        key = (request.service, request.argument, request.source)
+        hit = self._ask_cache.get(key)
+        if hit is not None and hit[0] is si:
+            return list(hit[1])
+        out = self._collect_targets_for_ask(request)
+        if len(self._ask_cache) >= _ASK_CACHE_MAX:
+            self._ask_cache.clear()
+        self._ask_cache[key] = (si, out)
+        return list(out)
+
+    def _collect_targets_for_ask(self, request: Request) -> list[str]:
         si = request.sysinfo
         idx: set[int] = set()
         lentry = self._lists_by_service.get(request.service)
@@ -271,10 +289,11 @@ class PolicySnapshot:
             rule = self.rules[i]
             action = rule.action
             if type(action) is Deny:
-                targets.difference_update(rule.target.expand(si))
+                if targets:
+                    targets.difference_update(si.expand(rule.target))
             else:
                 tok = action.target if action.target is not None else rule.target
-                targets.update(tok.expand(si))
+                targets.update(si.expand(tok))
         src = si.get(request.source)
         if "@dispvm" in targets:
             targets.discard("@dispvm")

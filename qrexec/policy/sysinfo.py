@@ -117,7 +117,7 @@ class DomainInfo:
 class SystemInfo:
     """Immutable view of the domains, with lookups by name and by ``uuid:``."""
 
-    __slots__ = ("_dispvm_templates", "_lookup", "_unknown_keys", "domains")
+    __slots__ = ("_dispvm_templates", "_expand_cache", "_lookup", "_unknown_keys", "domains")
 
     def __init__(self, domains: Mapping[str, DomainInfo] | None = None) -> None:
         #: name -> DomainInfo
@@ -129,6 +129,7 @@ class SystemInfo:
         self._lookup = lookup
         self._dispvm_templates: tuple[str, ...] | None = None
         self._unknown_keys: dict[str, tuple[str, ...]] = {}
+        self._expand_cache: dict[str, frozenset[str]] = {}
 
     # -- construction -----------------------------------------------------
     @classmethod
@@ -193,6 +194,16 @@ class SystemInfo:
             t = self._dispvm_templates = tuple(
                 d.name for d in self.domains.values() if d.template_for_dispvms)
         return t
+
+    def expand(self, token: Any) -> frozenset[str]:
+        """``token.expand(self)`` as a frozenset, cached (this object is immutable)."""
+        text = token.text
+        out = self._expand_cache.get(text)
+        if out is None:
+            out = frozenset(token.expand(self))
+            if len(self._expand_cache) < _UNKNOWN_KEYS_CACHE_MAX:
+                self._expand_cache[text] = out
+        return out
 
     def plain_keys(self, value: str) -> tuple[str, ...]:
         """Index keys of a plain (non-``@``) value such as a request source."""
