@@ -1,23 +1,284 @@
 """The gate: the one function every call from a domain other than dom0 passes.
 
-(Interim version: the qrexec policy and Casbin layers are wired in by the multi-user
-work; until then the gate admits what qrexec delivered, as upstream qubesd does.)
+Steps (DESIGN.md section 4), each recorded with its reason:
+
+1. generic validation: done by the dispatcher from the method's declaration;
+2. qrexec policy: the call (method, argument, source, destination) must evaluate to
+   allow against the current policy; ``ask`` counts as no inside qubesd;
+3. Casbin: the source must act for a user whose grants cover the method on the
+   destination's sets (or, for a global call, cover the method at all); deny wins;
+4. value constraints: a domain named by the call besides its destination (a VM-valued
+   property, the template of a Create, the disposable template) must be usable by the
+   caller, i.e. visible to it through both layers;
+5. audit: the verdict, each layer's reason, the snapshot id and the latency.
+
+Listings (``admin.vm.List``, ``admin.Events``, ``admin.vm.Stats``) get a per-domain
+filter from the same two layers, evaluated when each item is produced. Handlers never
+check access themselves.
 """
 
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from acl import AuditLog
+from qrexec.policy import SystemInfo
 from qubesd.dispatch import Call
+from qubesd.exc import PermissionDenied
+from qubesd.model.properties import VM
+from qubesd.model.vm import AdminVM, BaseVM
+from qubesd.policystate import USERDOMAINS_FILE, PolicyState, build_state, fingerprint
+from qubesd.registry import Method, NamesDomain, Scope
+
+log = logging.getLogger("qubesd.gate")
+
+#: the method whose visibility defines "the caller may see / use this domain"
+SEE = "admin.vm.List"
+
+
+@dataclass
+class Verdict:
+    allowed: bool
+    reason: str
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    user: str | None = None
+    snapshot: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"result": "allow" if self.allowed else "deny", "reason": self.reason,
+                "user": self.user, "snapshot": self.snapshot, "layers": self.layers}
 
 
 class Gate:
     def __init__(self, daemon) -> None:
         self.daemon = daemon
+        self.app = daemon.app
+        self.policy_dirs = [daemon.run_dir / "policy.d", daemon.config_dir / "policy.d"]
+        self.users_path = daemon.config_dir / USERDOMAINS_FILE
+        self.state: PolicyState = build_state(self.policy_dirs, self.users_path)
+        self._fingerprint = fingerprint([*self.policy_dirs, self.users_path])
+        self._sysinfo: SystemInfo | None = None
+        self._dirty: set[str] | None = set()  # None: rebuild everything
+        self.audit = AuditLog(daemon.state_dir / "audit.log")
+        self.app.change_listeners.append(self._domain_changed)
+        self._log_state()
 
+    def _log_state(self) -> None:
+        state = self.state
+        mode = ("multi-user" if state.users is not None else
+                "fail-closed" if state.users_error else "upstream (qrexec policy only)")
+        log.info("policy snapshot %s: %d qrexec rules%s, mode %s", state.id,
+                 len(state.qrexec), f" (ERROR: {state.qrexec.error})"
+                 if state.qrexec.error else "", mode)
+
+    # -- system info for the qrexec engine, updated per changed domain --------------------
+    def _domain_changed(self, vm: BaseVM | None) -> None:
+        if vm is None or self._dirty is None:
+            self._dirty = None
+        else:
+            self._dirty.add(vm.name)
+
+    def sysinfo(self) -> SystemInfo:
+        dirty = self._dirty
+        if self._sysinfo is None or dirty is None:
+            self._sysinfo = SystemInfo.from_json(self.daemon.system_info())
+        elif dirty:
+            from qubesd.api.internal import domain_record
+            self._sysinfo = self._sysinfo.updated(
+                {name: (domain_record(self.app.domains[name])
+                        if name in self.app.domains else None) for name in dirty})
+        self._dirty = set()
+        return self._sysinfo
+
+    # -- reloading ------------------------------------------------------------------------
+    def swap(self, state: PolicyState) -> None:
+        """Install a new snapshot; calls in flight finish on the one they started with."""
+        self.state = state
+        self._fingerprint = fingerprint([*self.policy_dirs, self.users_path])
+        self._log_state()
+
+    async def watch(self, interval: float = 0.5) -> None:
+        """Rebuild when a policy file or userdomains.yaml changes on disk."""
+        loop = asyncio.get_running_loop()
+        paths = [*self.policy_dirs, self.users_path]
+        while True:
+            await asyncio.sleep(interval)
+            current = await loop.run_in_executor(None, fingerprint, paths)
+            if current == self._fingerprint:
+                continue
+            state = await loop.run_in_executor(None, build_state, self.policy_dirs,
+                                               self.users_path)
+            if state.users_error and self.state.users is not None:
+                # an edited file that does not validate is refused: the running one stays
+                log.error("userdomains.yaml refused, keeping snapshot %s: %s",
+                          self.state.id, state.users_error)
+                state = PolicyState(state.qrexec, self.state.users, self.state.authorizer,
+                                    None, state.id)
+            self.swap(state)
+            self._fingerprint = current
+
+    # -- the decision -----------------------------------------------------------------------
+    def decide(self, src: BaseVM, method: Method, dest: BaseVM, arg: str,
+               untrusted_payload: bytes, state: PolicyState | None = None) -> Verdict:
+        """Both layers and the value constraints for one call; no side effects."""
+        state = state or self.state
+        sysinfo = self.sysinfo()
+        verdict = Verdict(False, "", snapshot=state.id)
+        target = "dom0" if isinstance(dest, AdminVM) else dest.name
+
+        res = state.qrexec.evaluate(method.name, arg, src.name, target, sysinfo)
+        rule = f"{res.rule[0]}:{res.rule[1]}" if res.rule else None
+        verdict.layers["qrexec"] = {"result": res.result, "reason": res.reason, "rule": rule}
+        if res.result != "allow":
+            verdict.reason = (f"qrexec policy: {res.result}"
+                              f"{' at ' + rule if rule else ''}: {res.reason}")
+            if res.result == "ask":
+                verdict.reason += " (ask counts as deny inside qubesd)"
+            return verdict
+
+        casbin = self._casbin(state, src, method, dest)
+        verdict.layers["casbin"] = casbin
+        verdict.user = casbin.get("user")
+        if not casbin["allowed"]:
+            verdict.reason = f"casbin: {casbin['reason']}"
+            return verdict
+
+        constraint = self._value_constraint(state, src, method, dest, arg, untrusted_payload)
+        verdict.layers["value"] = constraint
+        if not constraint["allowed"]:
+            verdict.reason = f"value constraint: {constraint['reason']}"
+            return verdict
+        verdict.allowed = True
+        verdict.reason = "allowed by both layers"
+        return verdict
+
+    def _casbin(self, state: PolicyState, src: BaseVM, method: Method | str,
+                dest: BaseVM | None) -> dict[str, Any]:
+        name = method if isinstance(method, str) else method.name
+        if state.authorizer is None:
+            return {"allowed": True, "reason": "no userdomains.yaml: qrexec policy alone "
+                                               "decides (upstream mode)"}
+        is_global = dest is None or (isinstance(dest, AdminVM) and (
+            isinstance(method, str) or method.scope is Scope.GLOBAL))
+        decision = state.authorizer.decide(src.name, name, None if is_global else dest.name,
+                                           () if is_global else dest.tags)
+        principal = state.users.principal_of(src.name) if state.users else None
+        return {"allowed": decision.allowed, "reason": decision.reason,
+                "rows": list(decision.rows),
+                "user": principal.user if principal else None}
+
+    def _value_constraint(self, state: PolicyState, src: BaseVM, method: Method,
+                          dest: BaseVM, arg: str, untrusted_payload: bytes) -> dict[str, Any]:
+        named = None
+        kind = method.names_domain
+        if kind is NamesDomain.PROPERTY_VALUE:
+            holder = self.app if method.name.startswith("admin.property.") else dest
+            prop = holder.PROPS.get(arg)
+            if prop is not None and prop.kind == VM:
+                try:
+                    named = untrusted_payload.decode("ascii") or None
+                except UnicodeDecodeError:
+                    named = None  # the handler's sanitizer refuses it with its own error
+        elif kind is NamesDomain.TEMPLATE_ARG:
+            named = arg or None
+        elif kind is NamesDomain.DISPVM_TEMPLATE:
+            named = (src.get_or("default_dispvm", None) if isinstance(dest, AdminVM)
+                     else dest.name)
+        if named is None:
+            return {"allowed": True, "reason": "names no other domain"}
+        if self.usable(src, named, state):
+            return {"allowed": True, "reason": f"{named} is usable by {src.name}"}
+        # the same answer whether or not the domain exists: no existence oracle
+        return {"allowed": False, "reason": f"{named} is not usable by {src.name}"}
+
+    def usable(self, src: BaseVM, name: str, state: PolicyState | None = None) -> bool:
+        """May ``src`` see (and so name in a value) the domain ``name``?"""
+        state = state or self.state
+        vm = self.app.domains.get(name)
+        if vm is None:
+            return False
+        if isinstance(vm, AdminVM):
+            return self._global_visible(src, SEE, state)
+        res = state.qrexec.evaluate(SEE, "", src.name, name, self.sysinfo())
+        if res.result != "allow":
+            return False
+        return self._casbin(state, src, SEE, vm)["allowed"]
+
+    def _global_visible(self, src: BaseVM, method: str, state: PolicyState) -> bool:
+        res = state.qrexec.evaluate(method, "", src.name, "dom0", self.sysinfo())
+        return res.result == "allow" and self._casbin(state, src, method, None)["allowed"]
+
+    # -- what the dispatcher calls ---------------------------------------------------------
     def authorize(self, call: Call) -> None:
-        """Raise PermissionDenied or return; may add visibility filters to the call."""
+        state = self.state
+        started = time.perf_counter()
+        verdict = self.decide(call.src, call.method, call.dest, call.arg, call.payload, state)
+        if verdict.allowed and call.method.filtered:
+            call.filters.append(self._filter_for(call, state))
+        self._audit(call, verdict, started)
+        if not verdict.allowed:
+            raise PermissionDenied(verdict.reason)
+
+    def _audit(self, call: Call, verdict: Verdict, started: float) -> None:
+        try:
+            self.audit.record(
+                source=call.src.name, user=verdict.user, method=call.method.name,
+                argument=call.arg, destination=call.dest.name, allowed=verdict.allowed,
+                reasons={layer: info.get("reason", "") + (
+                    f" ({info['rule']})" if info.get("rule") else "")
+                    for layer, info in verdict.layers.items()},
+                snapshot=verdict.snapshot, latency_us=(time.perf_counter() - started) * 1e6)
+        except OSError:
+            log.exception("audit log write failed")
+
+    def _filter_for(self, call: Call, state: PolicyState):
+        src, method = call.src, call.method.name
+        if method == "admin.Events":
+            return lambda item: self._event_visible(src, item)
+        visible = self.visible_names(src, method, state)
+        return lambda vm: vm.name in visible
+
+    def visible_names(self, src: BaseVM, method: str,
+                      state: PolicyState | None = None) -> set[str]:
+        """The domains on which ``src`` may call ``method``, by both layers at once."""
+        state = state or self.state
+        domains = [vm for vm in self.app.sorted_domains() if not isinstance(vm, AdminVM)]
+        if state.authorizer is not None:
+            names = state.authorizer.visible(src.name, method,
+                                             ((vm.name, vm.tags) for vm in domains))
+        else:
+            names = [vm.name for vm in domains]
+        allowed = set(state.qrexec.allowed_targets(method, "", src.name, names,
+                                                   self.sysinfo()))
+        if self._global_visible(src, method, state):
+            allowed.add("dom0")
+        return allowed
+
+    def _event_visible(self, src: BaseVM, item) -> bool:
+        """Decided per event, when it fires, on the snapshot current at that moment."""
+        subject, event, kwargs = item
+        state = self.state
+        if isinstance(subject, BaseVM):
+            target = subject
+        else:
+            target = kwargs.get("vm") if isinstance(kwargs.get("vm"), BaseVM) else None
+        target_name = target.name if target is not None and not isinstance(
+            target, AdminVM) else "dom0"
+        res = state.qrexec.evaluate("admin.Events", event.replace(":", "_"), src.name,
+                                    target_name, self.sysinfo())
+        if res.result != "allow":
+            return False
+        casbin_dest = None if target_name == "dom0" else target
+        return self._casbin(state, src, "admin.Events", casbin_dest)["allowed"]
 
     def can_see(self, call: Call, name: str) -> bool:
-        return True
+        return self.usable(call.src, name)
 
-    def reload(self) -> Any:
-        return None
+    def explain(self, src: BaseVM, method: Method, dest: BaseVM, arg: str) -> Verdict:
+        return self.decide(src, method, dest, arg, b"")
+
+
+__all__ = ["Gate", "Path", "Verdict"]

@@ -48,7 +48,7 @@ _UNFORWARDED = ("admin-permission:", "device-get:", "device-list:", "device-list
 
 # -- collections ---------------------------------------------------------------------
 
-@api("admin.vmclass.List", dest=D.ADMINVM, scope=GLOBAL, access=R, filtered=True)
+@api("admin.vmclass.List", dest=D.ADMINVM, scope=GLOBAL, access=R)
 async def vmclass_list(call: Call) -> str:
     call.fire_permission()
     names = sorted(list(VM_CLASSES) + ["RemoteVM"])
@@ -138,10 +138,9 @@ async def property_reset(call: Call) -> None:
 
 for _prefix, _dest, _scope in (("admin.vm.property.", D.ANY, LOCAL),
                                ("admin.property.", D.ADMINVM, GLOBAL)):
-    api(_prefix + "List", dest=_dest, scope=_scope, access=R, filtered=True)(property_list)
+    api(_prefix + "List", dest=_dest, scope=_scope, access=R)(property_list)
     api(_prefix + "Get", dest=_dest, arg=P.REQUIRED, scope=_scope, access=R)(property_get)
-    api(_prefix + "GetAll", dest=_dest, scope=_scope, access=R,
-        filtered=True)(property_getall)
+    api(_prefix + "GetAll", dest=_dest, scope=_scope, access=R)(property_getall)
     api(_prefix + "GetDefault", dest=_dest, arg=P.REQUIRED, scope=_scope,
         access=R)(property_get_default)
     api(_prefix + "Help", dest=_dest, arg=P.REQUIRED, scope=_scope, access=R)(property_help)
@@ -157,7 +156,7 @@ _FEATURE_NAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
 _FEATURE_VALUE = re.compile(r"[\x20-\x7e]*\Z")
 
 
-@api("admin.vm.feature.List", dest=D.ANY, scope=LOCAL, access=R, filtered=True)
+@api("admin.vm.feature.List", dest=D.ANY, scope=LOCAL, access=R)
 async def feature_list(call: Call) -> str:
     call.fire_permission()
     return "".join(f"{name}\n" for name in call.filter(call.dest.features))
@@ -246,7 +245,7 @@ async def feature_remove(call: Call) -> None:
 
 # -- tags -----------------------------------------------------------------------------
 
-@api("admin.vm.tag.List", dest=D.ANY, scope=LOCAL, access=R, filtered=True)
+@api("admin.vm.tag.List", dest=D.ANY, scope=LOCAL, access=R)
 async def tag_list(call: Call) -> str:
     call.fire_permission()
     return "".join(f"{tag}\n" for tag in call.filter(sorted(call.dest.tags)))
@@ -285,7 +284,7 @@ def _label_arg(call: Call) -> str:
     return call.arg
 
 
-@api("admin.label.List", dest=D.ADMINVM, scope=GLOBAL, access=R, filtered=True)
+@api("admin.label.List", dest=D.ADMINVM, scope=GLOBAL, access=R)
 async def label_list(call: Call) -> str:
     call.fire_permission()
     labels = [call.app.labels[i].name for i in sorted(call.app.labels)]

@@ -126,7 +126,7 @@ class PropertyHolder:
     def get_or(self, name: str, fallback: Any) -> Any:
         try:
             return self.get(name)
-        except AttributeError:
+        except (AttributeError, KeyError):  # unset without default, or not of this class
             return fallback
 
     def is_default(self, name: str) -> bool:
