@@ -57,6 +57,7 @@ class Daemon:
         self.app.change_listeners.append(self._invalidate)
         self.extensions = load_extensions(self)
         self.gate = Gate(self)
+        self._watch = asyncio.ensure_future(self.gate.watch())
         admin = Dispatcher(self, self.registry, "admin")
         internal = Dispatcher(self, self.registry, "internal")
         self.servers = [
@@ -67,6 +68,8 @@ class Daemon:
                  len(self.app.domains), len(self.registry), self.libvirt_uri, self.run_dir)
 
     async def stop(self) -> None:
+        if getattr(self, "_watch", None) is not None:
+            self._watch.cancel()
         for server in self.servers:
             server.close()
         for server in self.servers:
