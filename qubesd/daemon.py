@@ -20,7 +20,7 @@ from qubesd.model.app import App
 from qubesd.model.properties import VM, Prop, PropertyHolder
 from qubesd.registry import REGISTRY
 from qubesd.server import serve
-from qubesd.store import StoreLoadError, open_store
+from qubesd.store import StoreLoadError, open_store, warm_cache
 
 log = logging.getLogger("qubesd")
 
@@ -58,6 +58,7 @@ class Daemon:
         self.extensions = load_extensions(self)
         self.gate = Gate(self)
         self._watch = asyncio.ensure_future(self.gate.watch())
+        self._warm = asyncio.ensure_future(warm_cache(self.app))
         admin = Dispatcher(self, self.registry, "admin")
         internal = Dispatcher(self, self.registry, "internal")
         self.servers = [

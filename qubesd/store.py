@@ -226,6 +226,16 @@ def serialize(app: App) -> bytes:
     return "".join(out).encode("utf-8")
 
 
+async def warm_cache(app: App, chunk: int = 256) -> None:
+    """Render every domain's fragment ahead of the first save, a few at a time so the
+    loop keeps answering: the first save then costs what later ones cost."""
+    domains = list(app.domains.values())
+    for start in range(0, len(domains), chunk):
+        for vm in domains[start:start + chunk]:
+            domain_xml(vm)
+        await asyncio.sleep(0)
+
+
 class QubesXmlFile:
     """The file on disk: atomic replace, lockf, and the changed-behind-our-back check."""
 

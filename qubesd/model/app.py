@@ -221,6 +221,7 @@ class App(PropertyHolder):
         return vm
 
     def allocate_qid(self) -> int:
+        """The lowest unused qid in 1..9999, as upstream."""
         for qid in range(1, MAX_QID + 1):
             if qid not in self.by_qid:
                 return qid
