@@ -20,12 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from qubesd_harness import QubesdProcess, raw_call  # noqa: E402
+from qubesd_harness import QubesdProcess, raw_call
 
-from qubesd import store  # noqa: E402
-from qubesd.model.app import App  # noqa: E402
-from qubesd.model.vm import AppVM, TemplateVM  # noqa: E402
-from qubesd.protocol import encode_request  # noqa: E402
+from qubesd import store
+from qubesd.model.app import App
+from qubesd.model.vm import AppVM, TemplateVM
+from qubesd.protocol import encode_request
 
 
 def make_store(path: Path, n: int) -> None:
