@@ -121,9 +121,12 @@ def call(target: str, service: str, sock_path: str, prefix: bytes, in_fd: int, o
         sock.connect(sock_path)
     except OSError as e:
         return _die(f"cannot connect to qrexec socket {sock_path}: {e.strerror or e}")
-    target = target.replace("$", "@")
+    # the daemon turns anything unusual into "_"; doing it for space and newline here keeps
+    # the request line well-formed with the same result
+    target = target.replace("$", "@").replace(" ", "_").replace("\n", "_")
+    service = service.replace(" ", "_").replace("\n", "_")
     try:
-        sock.sendall(f"CALL {target} {service}\n".encode("utf-8", "replace"))
+        sock.sendall(f"CALL {target} {service}\n".encode("utf-8", "surrogateescape"))
     except OSError as e:
         return _die(f"cannot send the request: {e}")
     feeder = threading.Thread(target=_pump_input, args=(sock, in_fd, prefix), daemon=True)

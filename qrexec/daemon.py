@@ -153,6 +153,8 @@ class Decision:
 def _rule_str(rule: Any) -> str:
     if rule is None:
         return "-"
+    if isinstance(rule, tuple) and len(rule) == 2:
+        return f"{rule[0]}:{rule[1]}"
     if isinstance(rule, dict):
         return f"{rule.get('file')}:{rule.get('line')}"
     for f, ln in (("file", "line"), ("filepath", "lineno"), ("path", "lineno")):
@@ -169,9 +171,13 @@ class PolicySource:
 
         self.dirs = dirs
         self.watcher = PolicyWatcher(dirs)
+        self.watcher.start()
 
     def snapshot(self) -> Any:
-        return self.watcher.snapshot()
+        return self.watcher.snapshot
+
+    def close(self) -> None:
+        self.watcher.stop()
 
 
 class QrexecDaemon:
@@ -218,6 +224,7 @@ class QrexecDaemon:
                 await t
         for name in list(self.endpoints):
             await self._remove_domain(name)
+        self.policy.close()
         if self._ask_server is not None:
             self._ask_server.close()
             with contextlib.suppress(OSError):
