@@ -302,6 +302,21 @@ class Authorizer:
             return f"GUI VM {p.vm} of user {p.user}: role gui does not cover {method}"
         return f"no allow grant of user {p.user} covers {method} ({p.vm})"
 
+    def may_reference(
+        self, source_vm: str, domain: str, tags: Iterable[str] = ()
+    ) -> Decision:
+        """Value constraint (DESIGN section 4, point 4): may ``source_vm`` name ``domain``
+        as the value of a VM-reference (netvm, template, default_dispvm, guivm, ...)?
+
+        "Use" is defined as visibility: the caller may list the domain
+        (``admin.vm.List`` allowed on it). A viewer grant on infrastructure thus lets a
+        user point their domains at ``sys-firewall`` without being able to change it.
+        """
+        d = self.decide(source_vm, "admin.vm.List", domain, tags)
+        if d.allowed:
+            return Decision(True, f"{domain} is visible to {source_vm}: {d.reason}", d.rows)
+        return Decision(False, f"{source_vm} may not use {domain}: {d.reason}", d.rows)
+
     def visible(
         self, source_vm: str, method: str, domains: Iterable[tuple[str, Iterable[str]]]
     ) -> list[str]:

@@ -257,3 +257,12 @@ def test_decision_is_reused_safely_across_methods(authz: Authorizer) -> None:
     for _ in range(3):
         assert allowed(authz, "bob-admin", "admin.vm.Start", "dev")
         assert not allowed(authz, "bob-admin", "admin.vm.Remove", "dev")
+
+
+def test_may_reference(authz: Authorizer) -> None:
+    assert authz.may_reference("alice-admin", "sys-firewall").allowed  # viewer on infra
+    assert authz.may_reference("alice-admin", "dev").allowed
+    d = authz.may_reference("alice-admin", "bob-work")
+    assert not d.allowed and "may not use bob-work" in d.reason
+    assert authz.may_reference("sys-gui-alice", "x", ["guivm-sys-gui-alice"]).allowed
+    assert not authz.may_reference("sys-gui-alice", "work").allowed
