@@ -243,6 +243,9 @@ def parse(data: str | bytes, source: str = "userdomains.yaml") -> Snapshot:
         raise UserDomainsError([Issue(line, col, f"YAML syntax error: {reason}")], source) from None
     except yaml.YAMLError as e:
         raise UserDomainsError([Issue(1, 1, f"YAML error: {e}")], source) from None
+    except RecursionError:
+        # only the pure-Python composer recurses; libyaml stops at 1000 levels itself
+        raise UserDomainsError([Issue(1, 1, "YAML nesting is too deep")], source) from None
     if root is None:
         raise UserDomainsError(
             [Issue(1, 1, "file is empty: expected a mapping with roles, users and sets")], source

@@ -94,7 +94,7 @@ class Issue:
         return f"{source}:{self.line}:{self.column}: {self.reason}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity is `id`; the mappings are not hashable
 class Snapshot:
     """One validated version of the multi-user file. Build with :func:`userdomains.parse`."""
 
