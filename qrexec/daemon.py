@@ -150,6 +150,19 @@ class Decision:
     asked: bool = False
 
 
+def _resolve_uuid(target: str, raw_sysinfo: dict[str, Any]) -> str:
+    """``uuid:<u>`` -> the domain's name (dom0's uuid -> ``dom0``); anything else unchanged."""
+    if not target.startswith("uuid:"):
+        return target
+    uuid = target[5:]
+    if uuid == "00000000-0000-0000-0000-000000000000":
+        return "dom0"
+    for name, dom in (raw_sysinfo.get("domains") or {}).items():
+        if isinstance(dom, dict) and dom.get("uuid") == uuid:
+            return str(name)
+    return target
+
+
 def _rule_str(rule: Any) -> str:
     if rule is None:
         return "-"
@@ -171,6 +184,8 @@ class PolicySource:
 
         self.dirs = dirs
         self.watcher = PolicyWatcher(dirs)
+        if self.watcher.snapshot.error:
+            log.error("policy failed to load, denying everything: %s", self.watcher.snapshot.error)
         self.watcher.start()
 
     def snapshot(self) -> Any:
@@ -421,7 +436,8 @@ class QrexecDaemon:
         await writer.drain()
         log.info("domain %s: agent registered", domain)
         try:
-            await reader.read()  # the agent sends nothing more; EOF means it left
+            while await reader.read(4096):  # the agent sends nothing more; EOF means it left
+                pass
         finally:
             if self.agents.get(domain) is agent:
                 del self.agents[domain]
@@ -624,11 +640,17 @@ class QrexecDaemon:
             requested = "@default"
         desc = f"source={source} service={service}+{arg} requested={requested}"
         try:
-            dec, _ = await self.decide(source, service, arg, requested)
-        except Exception as e:  # noqa: BLE001 - fail closed: policy or qubesd trouble denies
+            dec, raw = await self.decide(source, service, arg, requested)
+        except (OSError, QubesdError, ValueError) as e:
+            log.warning("call %s verdict=error (no system info from qubesd: %s)", desc, e)
+            await _finish(writer, transport.EXIT_QREXEC_ERROR, "qrexec: qubesd unavailable\n")
+            return
+        except Exception as e:  # noqa: BLE001 - fail closed: any policy trouble denies
             log.warning("call %s verdict=deny (error: %s)", desc, e)
             await _finish(writer, transport.EXIT_REFUSED)
             return
+        if dec.verdict == "allow":
+            dec.target = _resolve_uuid(dec.target, raw)
         if dec.verdict == "allow" and dec.target == source:
             dec = Decision("deny", rule=dec.rule, reason="loopback qrexec connection not supported")
         verdict = ("asked-" if dec.asked else "") + dec.verdict

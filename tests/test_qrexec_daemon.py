@@ -317,3 +317,41 @@ def test_socket_is_identity(qx: Env) -> None:
         s.close()
     r = client(qx.run, "alice", "bob", "admin.vm.property.Get+label")
     assert r.stdout.startswith(b"0\0HEADER[admin.vm.property.Get+label alice name bob]")
+
+
+def test_prefix_and_local_program(qx: Env) -> None:
+    qx.agent("bob")
+    time.sleep(0.3)
+    r = client(qx.run, "alice", "-t", "-T", "-p", "pre-", "bob", "test.Echo", stdin=b"body")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"echo from alice arg=: pre-body\n"
+    # LOCAL_PROGRAM: its stdout is the payload, the reply is its stdin
+    prog = ("import os, sys; os.write(1, b'from-prog'); os.close(1); "
+            "open(sys.argv[1], 'w').write(sys.stdin.read())")
+    out = qx.run / "prog-out"
+    r = client(qx.run, "alice", "bob", "test.Echo", sys.executable, "-c", prog, str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.read_text() == "echo from alice arg=: from-prog\n"
+
+
+def test_uuid_target_and_policy_reload(qx: Env) -> None:
+    qx.agent("bob")
+    time.sleep(0.3)
+    bob_uuid = qx.qubesd._sysinfo()["domains"]["bob"]["uuid"]
+    r = client(qx.run, "alice", f"uuid:{bob_uuid}", "test.Echo", stdin=b"u")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"echo from alice arg=: u\n"
+    pol = qx.conf / "policy.d" / "20-first.policy"
+    pol.write_text("test.Echo * alice bob deny\n")
+    wait_for(lambda: client(qx.run, "alice", "bob", "test.Echo").returncode == 126,
+             what="policy reload")
+    log = qx.log.read_text()
+    assert "source=alice service=test.Echo+ requested=bob target=- verdict=deny rule=" in log
+    assert "20-first.policy:1" in log
+
+
+def test_qubesd_unreachable_is_a_qrexec_error(qx: Env) -> None:
+    qx.qubesd.stop()
+    time.sleep(0.3)
+    r = client(qx.run, "alice", "dom0", "admin.vm.List")
+    assert r.returncode == 125
