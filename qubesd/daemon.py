@@ -8,9 +8,11 @@ import signal
 import sys
 from pathlib import Path
 
+from qrexec.policy.defaults import install_default_policy
 from qubesd import paths
 from qubesd.api import admin as _admin_api  # noqa: F401 - registers the methods
 from qubesd.api import internal as _internal_api
+from qubesd.api import policy as _policy_api  # noqa: F401 - registers policy.*
 from qubesd.backend import BackendError, LibvirtBackend
 from qubesd.dispatch import Call, Dispatcher
 from qubesd.extensions import load_extensions
@@ -49,6 +51,8 @@ class Daemon:
         for directory in (self.state_dir, self.run_dir, self.config_dir):
             directory.mkdir(parents=True, exist_ok=True)
         self.committer = open_store(self.app, self.state_dir / "qubes.xml")
+        if install_default_policy(self.config_dir):
+            log.info("installed the default qrexec policy in %s", self.config_dir / "policy.d")
         backend = LibvirtBackend(self.libvirt_uri)
         await backend.open(asyncio.get_running_loop())
         self.app.host_memory_mib, self.app.host_cpus = _host(backend)

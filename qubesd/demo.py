@@ -10,6 +10,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from qrexec.policy.defaults import install_default_policy
 from qubesd.model.vm import AppVM, TemplateVM
 from qubesd.registry import REGISTRY
 
@@ -63,8 +64,8 @@ def demo_policy() -> str:
 
 
 def seed_config(config_dir: Path) -> None:
+    install_default_policy(config_dir)
     policy_dir = config_dir / "policy.d"
-    policy_dir.mkdir(parents=True, exist_ok=True)
     (policy_dir / "30-demo-multiuser.policy").write_text(demo_policy())
     target = config_dir / "userdomains.yaml"
     if not target.exists():

@@ -227,9 +227,8 @@ class Gate:
             self.audit.record(
                 source=call.src.name, user=verdict.user, method=call.method.name,
                 argument=call.arg, destination=call.dest.name, allowed=verdict.allowed,
-                reasons={layer: info.get("reason", "") + (
-                    f" ({info['rule']})" if info.get("rule") else "")
-                    for layer, info in verdict.layers.items()},
+                reasons={layer: info.get("reason", "")
+                         for layer, info in verdict.layers.items()},
                 snapshot=verdict.snapshot, latency_us=(time.perf_counter() - started) * 1e6)
         except OSError:
             log.exception("audit log write failed")
@@ -251,11 +250,10 @@ class Gate:
                                              ((vm.name, vm.tags) for vm in domains))
         else:
             names = [vm.name for vm in domains]
-        allowed = set(state.qrexec.allowed_targets(method, "", src.name, names,
-                                                   self.sysinfo()))
-        if self._global_visible(src, method, state):
-            allowed.add("dom0")
-        return allowed
+        # dom0 is left out: a user holds no rights on it, and the stock client would
+        # stumble over a refused GetAll of a domain it was shown
+        return set(state.qrexec.allowed_targets(method, "", src.name, names,
+                                                self.sysinfo()))
 
     def _event_visible(self, src: BaseVM, item) -> bool:
         """Decided per event, when it fires, on the snapshot current at that moment."""
