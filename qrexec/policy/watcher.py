@@ -80,13 +80,11 @@ class PolicyWatcher:
         return tuple(out)
 
     def _load(self) -> PolicySnapshot:
-        before = self._fingerprint_now(getattr(self, "_snapshot", None).files
-                                       if hasattr(self, "_snapshot") else ())
+        before = self._fingerprint_now(())
         snap = load_policy(self.dirs, legacy_dir=self.legacy_dir or None)
-        self._fingerprint = self._fingerprint_now(snap.files)
-        if self._fingerprint != before:
-            # changed while loading: make the next check reload again
-            self._fingerprint = ()
+        after = self._fingerprint_now(snap.files)
+        # something changed while loading: make the next check reload again
+        self._fingerprint = after if after[: len(before)] == before else ()
         return snap
 
     def check(self) -> bool:
