@@ -355,3 +355,37 @@ def test_qubesd_unreachable_is_a_qrexec_error(qx: Env) -> None:
     time.sleep(0.3)
     r = client(qx.run, "alice", "dom0", "admin.vm.List")
     assert r.returncode == 125
+
+
+def test_ask_agent_terminal_mode(qx: Env) -> None:
+    qx.agent("bob")
+    prompt_log = qx.run / "prompt.txt"
+    a = subprocess.Popen([sys.executable, "-m", "qrexec.ask_agent", "--run-dir", str(qx.run)],
+                         stdin=subprocess.PIPE, stderr=prompt_log.open("wb"), env=env(), cwd=REPO)
+    qx.procs.append(a)
+    assert a.stdin is not None
+    a.stdin.write(b"y\nn\n")
+    a.stdin.flush()
+    wait_for(lambda: b"ready" in prompt_log.read_bytes(), what="ask agent")
+    r = client(qx.run, "alice", "bob", "test.Ask+an-arg", stdin=b"t")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"echo from alice arg=an-arg: t\n"
+    r = client(qx.run, "alice", "bob", "test.Ask")
+    assert r.returncode == 126
+    shown = prompt_log.read_text()
+    for part in ("source:   alice", "target:   bob", "service:  test.Ask",
+                 "argument: an-arg", "30-test.policy:13", "Allow? [y/N]"):
+        assert part in shown
+
+
+def test_parallel_calls(qx: Env) -> None:
+    qx.agent("bob")
+    time.sleep(0.3)
+    e = env()
+    e["QREXEC_VM_SOCKET"] = str(qx.sock("alice"))
+    procs = [subprocess.Popen([sys.executable, "-m", "qrexec.client_vm", "bob", f"test.Echo+{i}"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=e, cwd=REPO)
+             for i in range(8)]
+    outs = [p.communicate(f"n{i}".encode(), timeout=30)[0] for i, p in enumerate(procs)]
+    assert [p.returncode for p in procs] == [0] * 8
+    assert outs == [f"echo from alice arg={i}: n{i}\n".encode() for i in range(8)]
