@@ -7,8 +7,16 @@
   ``admin.Events`` stream as dom0 on ``R/qubesd.sock`` (resynchronised with ``admin.vm.List`` on
   every (re)connection). dom0 never gets a socket. A connection on ``<name>.sock`` **is** that
   domain: the source of every request is taken from the socket, never from what the peer sends.
-* The request framing on those sockets (``CALL``/``SERVE``/``ACCEPT`` lines, then frames) and on
-  ``R/qrexec/ask-agent.sock`` is documented in `qrexec.transport`.
+* Framing on a domain socket (full text in `qrexec.transport`): the caller sends one line
+  ``CALL <target> <service>[+<arg>]\n`` (target chars outside ``[A-Za-z0-9_.-@:]`` and service
+  chars outside ``[A-Za-z0-9_.+-]`` become ``_``; a service starting with ``+`` is refused), then
+  the payload until it half-closes. The daemon answers with frames
+  ``<type:1><len:u32 BE><data>``: ``O`` stdout (the reply, unchanged), ``E`` stderr, and last
+  ``X`` with the u32 exit status (0 delivered, 126 refused, 127 no such service, 125 qrexec
+  error, else the service's own status). A domain agent sends ``SERVE\n`` instead, gets ``OK\n``
+  and then lines ``REQ <id> <user> <svc>+<arg> <source>\n``; it answers each on a new
+  connection ``ACCEPT <id>\n`` (payload in, frames out). Ask agents use
+  ``R/qrexec/ask-agent.sock``: ``AGENT <guivm>\n`` then JSON lines both ways.
 * Every ``CALL`` is evaluated against the qrexec policy in ``R/policy.d`` and ``C/policy.d``
   (reloaded on change) with the system info of qubesd's ``internal.GetSystemInfo`` (cached,
   refreshed when events say domains, tags, power states or relevant properties changed).

@@ -113,20 +113,3 @@ def requested_target_descriptor(requested: str) -> tuple[str, str]:
     if requested.startswith("@"):
         return "keyword", requested[1:]
     return "name", requested
-
-
-def parse_event_frame(data: bytes) -> tuple[str, str, dict[str, str]]:
-    """Parse one qubesd ``1\\0subject\\0event\\0(k\\0v\\0)*\\0`` frame (without type prefix
-    handling: ``data`` is the list of fields after ``1``)."""
-    fields = data.split(b"\0")
-    if len(fields) < 3 or fields[0] != b"1":
-        raise ProtocolError("not an event frame")
-    subject = fields[1].decode("ascii", "replace")
-    event = fields[2].decode("ascii", "replace")
-    kwargs: dict[str, str] = {}
-    rest = fields[3:]
-    for i in range(0, len(rest) - 1, 2):
-        if rest[i] == b"":
-            break
-        kwargs[rest[i].decode("ascii", "replace")] = rest[i + 1].decode("ascii", "replace")
-    return subject, event, kwargs
