@@ -697,9 +697,10 @@ def test_50_permission_event_before_side_effects(rw):
     assert rw.ok("admin.vm.tag.Get", "vm50", "created-by-x") == "0"
 
 
-def test_vm_list_from_non_dom0_is_filtered(rw):
-    """Item 4 without a policy engine of our own: the module policy lets test-vm1 see
-    dom0, itself and test-template, nothing else."""
+def test_04_vm_list_from_non_dom0_is_filtered(rw):
+    """Item 4 in upstream mode (qrexec policy only, no userdomains.yaml): the module
+    policy allows admin.vm.List from test-vm1 to @adminvm, itself and test-template, so
+    exactly those three are listed, dom0 included; domains created later are not."""
     names = [line.split(" ")[0] for line in
              rw.ok("admin.vm.List", "dom0", src="test-vm1").split("\n")[:-1]]
     assert names == ["dom0", "test-template", "test-vm1"]
