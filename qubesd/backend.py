@@ -339,6 +339,14 @@ class LibvirtBackend:
                 return "Halted"  # undefined between lookup and state()
             raise BackendError.from_libvirt(err) from None
 
+    def domain_id(self, uuid: str) -> int:
+        """libvirt's id of a running domain (the xid on Xen), -1 when not running."""
+        dom = self._lookup(uuid)
+        try:
+            return dom.ID() if dom is not None and dom.isActive() else -1
+        except libvirt.libvirtError:
+            return -1
+
     def power_states(self) -> dict[str, str]:
         """uuid -> power state of every *active* domain; absent means 'Halted'.
 

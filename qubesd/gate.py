@@ -18,13 +18,16 @@ check access themselves.
 """
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as _json_str
 from pathlib import Path
 from typing import Any
 
 from acl import AuditLog
+from acl.audit import now as audit_now
 from qrexec.policy import SystemInfo
 from qubesd.dispatch import Call
 from qubesd.exc import PermissionDenied
@@ -46,6 +49,7 @@ class Verdict:
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
     user: str | None = None
     snapshot: str = ""
+    reasons_json: str | None = None  # the audit's encoding, kept with a cached verdict
 
     def to_dict(self) -> dict[str, Any]:
         return {"result": "allow" if self.allowed else "deny", "reason": self.reason,
@@ -62,6 +66,9 @@ class Gate:
         self._fingerprint = fingerprint([*self.policy_dirs, self.users_path])
         self._sysinfo: SystemInfo | None = None
         self._dirty: set[str] | None = set()  # None: rebuild everything
+        #: (src, method, dest, arg) -> the policy layers' verdict; valid for one snapshot
+        #: and one state of the domains, so any change clears it
+        self._cache: dict[tuple[str, str, str, str], Verdict] = {}
         self.audit = AuditLog(daemon.state_dir / "audit.log")
         self.app.change_listeners.append(self._domain_changed)
         self._log_state()
@@ -76,6 +83,7 @@ class Gate:
 
     # -- system info for the qrexec engine, updated per changed domain --------------------
     def _domain_changed(self, vm: BaseVM | None) -> None:
+        self._cache.clear()
         if vm is None or self._dirty is None:
             self._dirty = None
         else:
@@ -97,6 +105,7 @@ class Gate:
     def swap(self, state: PolicyState) -> None:
         """Install a new snapshot; calls in flight finish on the one they started with."""
         self.state = state
+        self._cache = {}
         self._fingerprint = fingerprint([*self.policy_dirs, self.users_path])
         self._log_state()
 
@@ -125,10 +134,30 @@ class Gate:
                untrusted_payload: bytes, state: PolicyState | None = None) -> Verdict:
         """Both layers and the value constraints for one call; no side effects."""
         state = state or self.state
-        sysinfo = self.sysinfo()
+        layers = self._policy_layers(state, src, method, dest, arg)
+        if not layers.allowed or method.names_domain is NamesDomain.NONE:
+            return layers
+        constraint = self._value_constraint(state, src, method, dest, arg, untrusted_payload)
+        verdict = Verdict(constraint["allowed"], layers.reason, dict(layers.layers),
+                          layers.user, layers.snapshot)
+        verdict.layers["value"] = constraint
+        if not constraint["allowed"]:
+            verdict.reason = f"value constraint: {constraint['reason']}"
+        return verdict
+
+    def _policy_layers(self, state: PolicyState, src: BaseVM, method: Method, dest: BaseVM,
+                       arg: str) -> Verdict:
+        """The qrexec and Casbin verdicts, memoised until the policy or a domain changes
+        (they depend on nothing else: tags, types and power states are domain state)."""
+        key = (src.name, method.name, dest.name, arg)
+        cache = self._cache if state is self.state else {}
+        verdict = cache.get(key)
+        if verdict is not None:
+            return verdict
+        sysinfo = self._sysinfo if not self._dirty and self._sysinfo is not None \
+            else self.sysinfo()
         verdict = Verdict(False, "", snapshot=state.id)
         target = "dom0" if isinstance(dest, AdminVM) else dest.name
-
         res = state.qrexec.evaluate(method.name, arg, src.name, target, sysinfo)
         rule = f"{res.rule[0]}:{res.rule[1]}" if res.rule else None
         verdict.layers["qrexec"] = {"result": res.result, "reason": res.reason, "rule": rule}
@@ -137,22 +166,18 @@ class Gate:
                               f"{' at ' + rule if rule else ''}: {res.reason}")
             if res.result == "ask":
                 verdict.reason += " (ask counts as deny inside qubesd)"
-            return verdict
-
-        casbin = self._casbin(state, src, method, dest)
-        verdict.layers["casbin"] = casbin
-        verdict.user = casbin.get("user")
-        if not casbin["allowed"]:
-            verdict.reason = f"casbin: {casbin['reason']}"
-            return verdict
-
-        constraint = self._value_constraint(state, src, method, dest, arg, untrusted_payload)
-        verdict.layers["value"] = constraint
-        if not constraint["allowed"]:
-            verdict.reason = f"value constraint: {constraint['reason']}"
-            return verdict
-        verdict.allowed = True
-        verdict.reason = "allowed by both layers"
+        else:
+            casbin = self._casbin(state, src, method, dest)
+            verdict.layers["casbin"] = casbin
+            verdict.user = casbin.get("user")
+            if casbin["allowed"]:
+                verdict.allowed = True
+                verdict.reason = "allowed by both layers"
+            else:
+                verdict.reason = f"casbin: {casbin['reason']}"
+        if len(cache) > 65536:
+            cache.clear()
+        cache[key] = verdict
         return verdict
 
     def _casbin(self, state: PolicyState, src: BaseVM, method: Method | str,
@@ -223,13 +248,22 @@ class Gate:
             raise PermissionDenied(verdict.reason)
 
     def _audit(self, call: Call, verdict: Verdict, started: float) -> None:
+        """One JSON line per decision (acl/audit.py's fields), encoded here because this
+        runs for every call from a domain."""
+        reasons = verdict.reasons_json
+        if reasons is None:
+            reasons = verdict.reasons_json = json.dumps(
+                {layer: info.get("reason", "") for layer, info in verdict.layers.items()},
+                ensure_ascii=True, separators=(",", ":"))
+        user = "null" if verdict.user is None else _json_str(verdict.user)
+        line = (f'{{"time":"{audit_now()}","source":{_json_str(call.src.name)},'
+                f'"user":{user},"method":{_json_str(call.method.name)},'
+                f'"argument":{_json_str(call.arg)},"destination":{_json_str(call.dest.name)},'
+                f'"result":"{"allow" if verdict.allowed else "deny"}","reasons":{reasons},'
+                f'"snapshot":"{verdict.snapshot}",'
+                f'"latency_us":{(time.perf_counter() - started) * 1e6:.1f}}}\n')
         try:
-            self.audit.record(
-                source=call.src.name, user=verdict.user, method=call.method.name,
-                argument=call.arg, destination=call.dest.name, allowed=verdict.allowed,
-                reasons={layer: info.get("reason", "")
-                         for layer, info in verdict.layers.items()},
-                snapshot=verdict.snapshot, latency_us=(time.perf_counter() - started) * 1e6)
+            self.audit.write_line(line.encode("ascii"))
         except OSError:
             log.exception("audit log write failed")
 
@@ -250,10 +284,14 @@ class Gate:
                                              ((vm.name, vm.tags) for vm in domains))
         else:
             names = [vm.name for vm in domains]
-        # dom0 is left out: a user holds no rights on it, and the stock client would
-        # stumble over a refused GetAll of a domain it was shown
-        return set(state.qrexec.allowed_targets(method, "", src.name, names,
-                                                self.sysinfo()))
+        allowed = set(state.qrexec.allowed_targets(method, "", src.name, names,
+                                                   self.sysinfo()))
+        # Upstream lists dom0 when the policy allows it. Under userdomains.yaml it is left
+        # out: no user holds rights on dom0, and the stock client would stumble over a
+        # refused GetAll of a domain it was shown.
+        if state.authorizer is None and self._global_visible(src, method, state):
+            allowed.add("dom0")
+        return allowed
 
     def _event_visible(self, src: BaseVM, item) -> bool:
         """Decided per event, when it fires, on the snapshot current at that moment."""

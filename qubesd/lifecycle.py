@@ -47,6 +47,8 @@ class PowerManager:
         for vm in self.app.domains.values():
             if not isinstance(vm, AdminVM):
                 vm.power_state = states.get(vm.uuid, "Halted")
+                if vm.power_state != "Halted":
+                    self.app.xids[vm.uuid] = self.backend.domain_id(vm.uuid)
 
     def spec(self, vm: BaseVM) -> DomainSpec:
         get = vm.get_or
@@ -70,6 +72,7 @@ class PowerManager:
         if event == "stopped":
             self._handle_stopped(vm)
         elif event == "started" and vm.power_state == "Halted":
+            self.app.xids[vm.uuid] = self.backend.domain_id(vm.uuid)
             self._set_state(vm, "Running")
             vm.fire_event("domain-start", start_guid=True)
         elif event == "suspended" and vm.power_state != "Paused":
@@ -136,6 +139,7 @@ class PowerManager:
         finally:
             self._own_transition.discard(vm.uuid)
         vm.start_time = str(datetime.datetime.now().timestamp())
+        self.app.xids[vm.uuid] = self.backend.domain_id(vm.uuid)
         vm.fire_event("domain-spawn", start_guid=True)
         vm.fire_event("domain-pre-unpaused", pre_event=True)
         self._set_state(vm, "Running")
