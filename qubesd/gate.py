@@ -135,7 +135,10 @@ class Gate:
         """Both layers and the value constraints for one call; no side effects."""
         state = state or self.state
         layers = self._policy_layers(state, src, method, dest, arg)
-        if not layers.allowed or method.names_domain is NamesDomain.NONE:
+        # value constraints belong to the multi-user layer: without userdomains.yaml the
+        # qrexec policy alone decides, so existing Qubes policies keep their meaning
+        if not layers.allowed or method.names_domain is NamesDomain.NONE \
+                or state.authorizer is None:
             return layers
         constraint = self._value_constraint(state, src, method, dest, arg, untrusted_payload)
         verdict = Verdict(constraint["allowed"], layers.reason, dict(layers.layers),
@@ -311,7 +314,9 @@ class Gate:
         return self._casbin(state, src, "admin.Events", casbin_dest)["allowed"]
 
     def can_see(self, call: Call, name: str) -> bool:
-        return self.usable(call.src, name)
+        """Whether a property value naming ``name`` is shown to the caller (upstream shows
+        every value; under userdomains.yaml only domains the caller may see)."""
+        return self.state.authorizer is None or self.usable(call.src, name)
 
     def explain(self, src: BaseVM, method: Method, dest: BaseVM, arg: str) -> Verdict:
         return self.decide(src, method, dest, arg, b"")

@@ -103,10 +103,6 @@ def in_vm(system: dict[str, Path], *argv: str) -> subprocess.CompletedProcess[st
                             "QUBESD_SOCKET": str(system["base"] / "nowhere.sock")})
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "daemon: internal.GetSystemInfo raises KeyError 'template_for_dispvms' (vm.get_or() of a "
-    "property the class does not declare: AdminVM, TemplateVM), so qrexec-daemon denies "
-    "every VM-side call"))
 def test_vm_mode_create_list_tags(system: dict[str, Path]) -> None:
     res = in_vm(system, "qubesd.tools.qvm_create", "-t", "tpl", "-l", "green", "made")
     assert (res.returncode, res.stderr) == (0, "")
