@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -468,3 +469,75 @@ def test_can_i(cli):
     assert json.loads(cli.ok("can-i", "--json", "--as", "alice-admin"))["visible_domains"] == \
         ["dev", "work"]
     assert cli.run("can-i").returncode == 2
+
+
+# -- VM mode: from the officer's VM, through qrexec-client-vm and the real qrexec-daemon ----
+
+OFFICER_SERVICES = (
+    "policy.List", "policy.Get", "policy.Replace", "policy.Remove", "policy.include.List",
+    "policy.include.Get", "policy.Explain", "policy.Audit", "policy.acl.Get",
+    "policy.acl.Report", "policy.acl.WhoCan", "policy.acl.CanI")
+
+
+def test_vm_mode_officer_and_refused_user(tmp_path):
+    root = tmp_path / "q"
+    seed_config(root)
+    (root / "etc/policy.d/20-officer.policy").write_text("".join(
+        f"{svc} * {vm} @adminvm allow target=dom0\n"
+        for svc in OFFICER_SERVICES for vm in ("sys-secadmin", "alice-admin")))
+    dirs = ["--run-dir", str(root / "run"), "--config-dir", str(root / "etc")]
+    with QubesdProcess(root) as q:
+        seed_domains(q)
+        log = open(root / "qrexec.log", "wb")  # noqa: SIM115
+        qrexec = subprocess.Popen([sys.executable, "-m", "qrexec.daemon", *dirs], cwd=REPO,
+                                  stdout=log, stderr=subprocess.STDOUT)
+        try:
+            for vm in ("sys-secadmin", "alice-admin"):
+                q.ok("admin.vm.Start", vm)
+            deadline = time.monotonic() + 40
+            sockets = [root / "run/qrexec" / f"{vm}.sock"
+                       for vm in ("sys-secadmin", "alice-admin")]
+            while not all(s.exists() for s in sockets):
+                assert qrexec.poll() is None, (root / "qrexec.log").read_text()
+                assert time.monotonic() < deadline, (root / "qrexec.log").read_text()
+                time.sleep(0.05)
+            officer = VmCli(sockets[0], root / "nowhere.sock")
+            assert "30-test" in officer.ok("-l").splitlines()
+            officer.ok("-r", "45-from-vm", stdin=b"admin.vm.List * bob-admin @anyvm deny\n")
+            assert (root / "etc/policy.d/45-from-vm.policy").exists()
+            assert officer.ok("-g", "45-from-vm") == "admin.vm.List * bob-admin @anyvm deny\n"
+            officer.ok("-d", "45-from-vm")
+            assert not (root / "etc/policy.d/45-from-vm.policy").exists()
+            assert "DENY" in officer.ok("explain", "alice-admin", "bob-work", "admin.vm.Start")
+            assert "alice-admin" in officer.ok("who-can", "work")
+            assert officer.ok("acl-get") == USERDOMAINS
+            # alice's VM passes qrexec but is no officer: the gate refuses, one clean line
+            line = VmCli(sockets[1], root / "nowhere.sock").fail("-l")
+            assert line.startswith("qubes-policy: error: ")
+            assert line == ("qubes-policy: error: PermissionDenied: casbin: policy.* is "
+                            "reserved to officers; alice-admin is not one")
+            audit = officer.ok("audit", "--source", "alice-admin", "--method", "policy.List")
+            assert " deny " in audit.splitlines()[-1]
+        finally:
+            qrexec.terminate()
+            qrexec.wait(10)
+            log.close()
+
+
+class VmCli(Cli):
+    """The CLI with $QREXEC_VM_SOCKET set and a dom0 socket that does not exist."""
+
+    def __init__(self, vm_socket: Path, nowhere: Path) -> None:
+        super().__init__(nowhere)
+        self.vm_socket = vm_socket
+
+    def run(self, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
+        env = dict(os.environ, QUBESD_SOCKET=str(self.socket),
+                   QREXEC_VM_SOCKET=str(self.vm_socket))
+        proc = subprocess.run([sys.executable, "-m", "qrexec.tools.qubes_policy", *args],
+                              input=stdin, capture_output=True, cwd=REPO, env=env,
+                              timeout=60, check=False)
+        proc.out = proc.stdout.decode()  # type: ignore[attr-defined]
+        proc.err = proc.stderr.decode()  # type: ignore[attr-defined]
+        assert "Traceback" not in proc.err, proc.err
+        return proc
