@@ -52,6 +52,10 @@ LAYERS = ("qrexec", "casbin", "value")
 LAYER_TITLES = {"qrexec": "qrexec policy", "casbin": "casbin (users)",
                 "value": "value constraint"}
 
+#: properties whose value names a domain (DESIGN section 4, value constraints)
+VM_VALUED = frozenset(("netvm", "template", "default_dispvm", "guivm", "audiovm",
+                       "management_dispvm"))
+
 SUBCOMMANDS = ("explain", "audit", "users", "sets", "overlap", "who-can", "can-i",
                "acl-get", "acl-replace")
 
@@ -412,6 +416,10 @@ def format_explain(data: dict[str, Any]) -> str:
                  f" - {data.get('reason', '')}")
     if data.get("snapshot"):
         lines.append(f"  {'policy snapshot:':<18}{data['snapshot']}")
+    if (str(data.get("method", "")).endswith("property.Set")
+            and data.get("argument") in VM_VALUED and "value" in layers):
+        lines.append("  note: the question carries no value; a real call is also refused "
+                     "when the domain it names is not usable by the caller")
     return "\n".join(lines) + "\n"
 
 
