@@ -148,6 +148,12 @@ READ_CALLS = [
     ("admin.label.List", "dom0", ""), ("admin.label.Get", "dom0", "red"),
     ("admin.label.Index", "dom0", "red"), ("admin.label.Get", "dom0", "nosuch"),
     ("admin.vm.CurrentState", "test-vm1", ""), ("admin.vm.CurrentState", "dom0", ""),
+    ("policy.List", "dom0", ""), ("policy.Get", "dom0", "90-admin-default"),
+    ("policy.GetFiles", "dom0", "admin.vm.List"), ("policy.include.List", "dom0", ""),
+    ("policy.include.Get", "dom0", "admin-local-ro"), ("policy.acl.Get", "dom0", ""),
+    ("policy.Explain", "dom0", ""), ("policy.Audit", "dom0", ""),
+    ("policy.acl.Report", "dom0", ""), ("policy.acl.WhoCan", "dom0", "test-vm1"),
+    ("policy.acl.CanI", "dom0", "test-vm1"),
 ]
 
 
@@ -156,7 +162,7 @@ def test_read_calls_never_write(qubesd_fixture):
     q.ok("admin.vm.feature.Set", "test-vm1", "f", b"v")
     q.ok("admin.vm.tag.Set", "test-vm1", "t")
     before = stamp(q)
-    from qubesd.api import admin as _admin  # noqa: F401 - registers the methods
+    from qubesd import daemon as _daemon  # noqa: F401 - registers every method
     from qubesd.registry import REGISTRY
     read_methods = {m.name for m in REGISTRY
                     if m.socket == "admin" and not m.mutating and not m.stream}

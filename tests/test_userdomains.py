@@ -203,7 +203,7 @@ def test_shipped_files_validate() -> None:
     assert demo.principal_of("sys-gui-bob") == userdomains.Principal(
         "sys-gui-bob", "bob", "gui", False
     )
-    assert set(demo.sets) == {"alice", "bob", "shared-dev", "infra"}
+    assert set(demo.sets) == {"alice", "bob", "shared-dev", "infra", "templates"}
     owner = demo.roles["owner"].patterns
     for needed in (
         "admin.vm.List", "admin.vm.CreateDisposable", "admin.vm.Remove", "admin.Events",
