@@ -175,6 +175,12 @@ def test_replace_round_trip(cli, daemon, tmp_path):
     assert "PolicyAdminFileNotFoundException" in cli.fail("-d", "40-cli")
 
 
+def test_replace_from_missing_file(cli, daemon, tmp_path):
+    line = cli.fail("-r", "44-missing", str(tmp_path / "nope.policy"))
+    assert line.startswith("qubes-policy: error: FileNotFoundError: cannot read ")
+    assert not (daemon.config_dir / "policy.d" / "44-missing.policy").exists()
+
+
 def test_stale_token_refused_and_nothing_changes(cli, daemon):
     path = daemon.config_dir / "policy.d" / "41-token.policy"
     old = b"admin.vm.List * bob-admin @anyvm deny\n"

@@ -110,6 +110,10 @@ file and line (PolicyAdminSyntaxException); nothing is changed in either case.
 class CliError(Exception):
     """A user-facing error raised by this tool (not by the daemon)."""
 
+    def __init__(self, message: str, kind: str = "Error") -> None:
+        super().__init__(message)
+        self.kind = kind
+
 
 # --------------------------------------------------------------------------------------
 # talking to qubesd
@@ -202,7 +206,8 @@ def read_input(path: str | None) -> bytes:
         with open(path, "rb") as f:
             return f.read()
     except OSError as err:
-        raise CliError(f"cannot read {path}: {err.strerror or err}") from None
+        raise CliError(f"cannot read {path}: {err.strerror or err}",
+                       type(err).__name__) from None
 
 
 # --------------------------------------------------------------------------------------
@@ -604,7 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         body(PolicyClient())
     except CliError as err:
-        fail("Error", str(err))
+        fail(err.kind, str(err))
     except (exc.QubesException, exc.ProtocolError, exc.PermissionDenied) as err:
         fail(wire_type(err), error_message(err))
     except BrokenPipeError:
