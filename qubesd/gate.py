@@ -109,6 +109,23 @@ class Gate:
         self._fingerprint = fingerprint([*self.policy_dirs, self.users_path])
         self._log_state()
 
+    def rebuild(self) -> PolicyState:
+        """Load the three parts from disk and swap them in (after an API change).
+
+        A userdomains.yaml that does not validate is refused: the running users stay in
+        force, so a policy edit never turns a working system into a locked one."""
+        state = self._keep_running_users(build_state(self.policy_dirs, self.users_path))
+        self.swap(state)
+        return state
+
+    def _keep_running_users(self, state: PolicyState) -> PolicyState:
+        if state.users_error and self.state.users is not None:
+            log.error("userdomains.yaml refused, keeping the running users of snapshot %s: "
+                      "%s", self.state.id, state.users_error)
+            return PolicyState(state.qrexec, self.state.users, self.state.authorizer, None,
+                               state.id)
+        return state
+
     async def watch(self, interval: float = 0.5) -> None:
         """Rebuild when a policy file or userdomains.yaml changes on disk."""
         loop = asyncio.get_running_loop()
@@ -120,13 +137,7 @@ class Gate:
                 continue
             state = await loop.run_in_executor(None, build_state, self.policy_dirs,
                                                self.users_path)
-            if state.users_error and self.state.users is not None:
-                # an edited file that does not validate is refused: the running one stays
-                log.error("userdomains.yaml refused, keeping snapshot %s: %s",
-                          self.state.id, state.users_error)
-                state = PolicyState(state.qrexec, self.state.users, self.state.authorizer,
-                                    None, state.id)
-            self.swap(state)
+            self.swap(self._keep_running_users(state))
             self._fingerprint = current
 
     # -- the decision -----------------------------------------------------------------------
@@ -318,8 +329,10 @@ class Gate:
         every value; under userdomains.yaml only domains the caller may see)."""
         return self.state.authorizer is None or self.usable(call.src, name)
 
-    def explain(self, src: BaseVM, method: Method, dest: BaseVM, arg: str) -> Verdict:
-        return self.decide(src, method, dest, arg, b"")
+    def explain(self, src: BaseVM, method: Method, dest: BaseVM, arg: str,
+                untrusted_payload: bytes = b"") -> Verdict:
+        """The verdict a real call would get, through the same code path."""
+        return self.decide(src, method, dest, arg, untrusted_payload)
 
 
 __all__ = ["Gate", "Path", "Verdict"]

@@ -312,8 +312,6 @@ def test_acl_get_and_replace(fresh, tmp_path):
     assert path.read_text() == updated
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: policy.Replace rebuilds users from an "
-                   "invalid userdomains.yaml on disk instead of keeping the running ones")
 def test_policy_change_keeps_running_users_when_file_on_disk_is_broken(fresh):
     cli = Cli(fresh.socket)
     assert fresh.call("admin.vm.List", src="alice-admin").startswith(b"0\0")
@@ -387,8 +385,14 @@ def test_explain_denied(cli):
 
 def test_explain_value_note(cli):
     out = cli.ok("explain", "alice-admin", "work", "admin.vm.property.Set+netvm")
-    assert "30-test.policy:7" in out and "note: the question carries no value" in out
+    assert "30-test.policy:7" in out and "note: no VALUE given" in out
     assert "note:" not in cli.ok("explain", "alice-admin", "work", "admin.vm.property.Set+label")
+
+
+def test_explain_judges_the_value_like_a_real_call(cli):
+    out = cli.ok("explain", "alice-admin", "work", "admin.vm.property.Set+netvm", "tpl")
+    assert "value constraint: DENY" in out and "tpl is not usable by alice-admin" in out
+    assert "note:" not in out
 
 
 def test_explain_errors(cli):

@@ -307,12 +307,15 @@ def sub_parser() -> argparse.ArgumentParser:
     p = add("explain", "Explain how the gate decides a call (policy.Explain): the qrexec "
                        "policy verdict and rule, the users' grants (Casbin rows), the value "
                        "constraint, and the result. Nothing is executed.",
-            "qubes-policy explain alice-admin work admin.vm.property.Set+netvm")
+            "qubes-policy explain alice-admin work admin.vm.property.Set+netvm bob-work")
     p.add_argument("source", metavar="SOURCE", help="calling VM, e.g. alice-admin")
     p.add_argument("target", metavar="TARGET", help="destination domain (dom0 or @adminvm "
                                                     "for global calls)")
     p.add_argument("service", metavar="METHOD[+ARG]", help="e.g. admin.vm.Start or "
                                                           "admin.vm.property.Get+netvm")
+    p.add_argument("value", metavar="VALUE", nargs="?", default=None,
+                   help="the payload of the call when it matters to the value constraint, "
+                        "e.g. the new netvm of property.Set+netvm")
 
     p = add("audit", "Show the gate's audit log (policy.Audit), oldest first: every call "
                      "from a VM, with its verdict and the deciding reason.",
@@ -375,6 +378,10 @@ def cmd_explain(client: PolicyClient, args: argparse.Namespace) -> None:
     payload = f"{args.source} {args.target} {args.service}"
     if not payload.isascii() or len(payload.split()) != 3:
         raise CliError("SOURCE, TARGET and METHOD[+ARG] must be ASCII words")
+    if args.value is not None:
+        if not args.value.isascii() or " " in args.value:
+            raise CliError("VALUE must be one ASCII word")
+        payload += f" {args.value}"
     data = client.json("policy.Explain", None, payload.encode("ascii"))
     if args.json:
         print_json(data)
@@ -422,9 +429,9 @@ def format_explain(data: dict[str, Any]) -> str:
     if data.get("snapshot"):
         lines.append(f"  {'policy snapshot:':<18}{data['snapshot']}")
     if (str(data.get("method", "")).endswith("property.Set")
-            and data.get("argument") in VM_VALUED and "value" in layers):
-        lines.append("  note: the question carries no value; a real call is also refused "
-                     "when the domain it names is not usable by the caller")
+            and data.get("argument") in VM_VALUED and not data.get("value")):
+        lines.append("  note: no VALUE given; a real call is also refused when the domain "
+                     "it names is not usable by the caller (add it as the 4th argument)")
     return "\n".join(lines) + "\n"
 
 

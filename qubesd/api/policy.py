@@ -46,8 +46,7 @@ def _policy_admin(call: Call) -> PolicyAdmin:
 
 
 def _reload(call: Call) -> None:
-    gate = call.daemon.gate
-    gate.swap(build_state(gate.policy_dirs, gate.users_path))
+    call.daemon.gate.rebuild()
 
 
 def _files_method(name: str, arg: Presence, payload: Presence, access: Access) -> None:
@@ -148,14 +147,17 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 @api("policy.Explain", dest=Dest.ADMINVM, payload=_P.REQUIRED, scope=Scope.GLOBAL, access=_R)
 async def explain(call: Call) -> str:
-    """Payload ``SOURCE TARGET SERVICE[+ARG]``: each layer's verdict, as a real call."""
+    """Payload ``SOURCE TARGET SERVICE[+ARG] [VALUE]``: each layer's verdict, as a real
+    call would get it; VALUE is the payload of that call (e.g. the new netvm), which the
+    value constraints judge."""
     try:
-        untrusted_fields = call.payload.decode("ascii").split()
+        untrusted_fields = call.payload.decode("ascii").split(" ", 3)
     except UnicodeDecodeError:
         raise _wire(PolicyAdminProtocolException("Payload must be ASCII")) from None
-    if len(untrusted_fields) != 3:
+    if len(untrusted_fields) not in (3, 4):
         raise _wire(PolicyAdminProtocolException(
-            "Payload must be: SOURCE TARGET SERVICE[+ARG]"))
+            "Payload must be: SOURCE TARGET SERVICE[+ARG] [VALUE]"))
+    untrusted_value = untrusted_fields[3].encode() if len(untrusted_fields) == 4 else b""
     call.fire_permission()
     app = call.app
     src = app.lookup(untrusted_fields[0])
@@ -169,8 +171,9 @@ async def explain(call: Call) -> str:
         result = {"result": "allow", "reason": "dom0 is trusted and bypasses the gate",
                   "layers": {}}
     else:
-        result = call.daemon.gate.explain(src, method, dest, arg).to_dict()
-    result.update(source=src.name, target=dest.name, method=method_name, argument=arg)
+        result = call.daemon.gate.explain(src, method, dest, arg, untrusted_value).to_dict()
+    result.update(source=src.name, target=dest.name, method=method_name, argument=arg,
+                  value=untrusted_value.decode())
     return json.dumps(result, indent=1, sort_keys=True) + "\n"
 
 
@@ -249,7 +252,11 @@ async def can_i(call: Call) -> str:
     call.fire_permission()
     state = _authorizer(call)
     vm = call.app.lookup(call.arg)
+    if vm.name == "dom0":
+        return json.dumps({"vm": "dom0", "snapshot": state.id, "note": "dom0 is trusted: "
+                           "its calls bypass the gate"}, indent=1) + "\n"
     summary = state.authorizer.can_i(vm.name)
+    summary["snapshot"] = state.id  # the id of the whole snapshot, as Explain and audit
     gate = call.daemon.gate
     summary["visible_domains"] = sorted(gate.visible_names(vm, "admin.vm.List", state))
     return json.dumps(summary, indent=1, sort_keys=True, default=list) + "\n"

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 def _stream(transport: SocketTransport, args: argparse.Namespace, payload: bytes,
             out: object) -> int:
     """Copy a streaming reply as it arrives (until the daemon closes or Ctrl-C)."""
-    sock = transport._connect()
+    sock = transport.connect()
     code = 1
     try:
         sock.sendall(transport.header(args.dest, args.method, args.arg) + payload)
