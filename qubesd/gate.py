@@ -102,20 +102,35 @@ class Gate:
         return self._sysinfo
 
     # -- reloading ------------------------------------------------------------------------
-    def swap(self, state: PolicyState) -> None:
-        """Install a new snapshot; calls in flight finish on the one they started with."""
+    def swap(self, state: PolicyState, cause: str, source: str = "dom0") -> None:
+        """Install a new snapshot; calls in flight finish on the one they started with.
+        Every change is audited, whoever made it (dom0 included) and however (API call
+        or file edit)."""
+        previous = self.state
         self.state = state
         self._cache = {}
         self._fingerprint = fingerprint([*self.policy_dirs, self.users_path])
         self._log_state()
+        if state.id == previous.id:
+            return
+        try:
+            self.audit.append({
+                "source": source, "method": "policy-change", "argument": cause,
+                "destination": "dom0", "result": "allow",
+                "snapshot": state.id, "previous_snapshot": previous.id,
+                "reasons": {"qrexec": state.qrexec.error or f"{len(state.qrexec)} rules",
+                            "users": state.users_error or (
+                                state.users.source if state.users else "no userdomains.yaml")}})
+        except OSError:
+            log.exception("audit log write failed")
 
-    def rebuild(self) -> PolicyState:
+    def rebuild(self, cause: str, source: str = "dom0") -> PolicyState:
         """Load the three parts from disk and swap them in (after an API change).
 
         A userdomains.yaml that does not validate is refused: the running users stay in
         force, so a policy edit never turns a working system into a locked one."""
         state = self._keep_running_users(build_state(self.policy_dirs, self.users_path))
-        self.swap(state)
+        self.swap(state, cause, source)
         return state
 
     def _keep_running_users(self, state: PolicyState) -> PolicyState:
@@ -137,7 +152,8 @@ class Gate:
                 continue
             state = await loop.run_in_executor(None, build_state, self.policy_dirs,
                                                self.users_path)
-            self.swap(self._keep_running_users(state))
+            self.swap(self._keep_running_users(state), "policy files changed on disk",
+                      "file watcher")
             self._fingerprint = current
 
     # -- the decision -----------------------------------------------------------------------

@@ -46,7 +46,7 @@ def _policy_admin(call: Call) -> PolicyAdmin:
 
 
 def _reload(call: Call) -> None:
-    call.daemon.gate.rebuild()
+    call.daemon.gate.rebuild(f"{call.method.name}+{call.arg}", call.src.name)
 
 
 def _files_method(name: str, arg: Presence, payload: Presence, access: Access) -> None:
@@ -120,7 +120,7 @@ async def acl_replace(call: Call) -> None:
         raise _wire(PolicyAdminSyntaxException(f"Policy change validation failed: {err}")) \
             from None
     _atomic_write(path, untrusted_content)
-    gate.swap(state)
+    gate.swap(state, "policy.acl.Replace", call.src.name)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
