@@ -17,6 +17,7 @@ gives tests:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -173,6 +174,8 @@ class EventStream:
 
     def close(self) -> None:
         if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader's recv()
             self.sock.close()
         if self.proc is not None:
             self.proc.kill()
