@@ -108,14 +108,14 @@ class EventStream:
     """An open admin.Events stream whose bytes a thread collects."""
 
     def __init__(self, world: World, src: str = "dom0", dest: str = "dom0",
-                 via_qrexec: bool = False) -> None:
+                 via_qrexec: bool = False, service: str = "admin.Events") -> None:
         self.data = bytearray()
         self.lock = threading.Lock()
         self.proc: subprocess.Popen | None = None
         self.sock: socket.socket | None = None
         if via_qrexec:
             self.proc = subprocess.Popen(
-                [*CLIENT, dest, "admin.Events"], stdin=subprocess.DEVNULL,
+                [*CLIENT, dest, service], stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 env=dict(os.environ, QREXEC_VM_SOCKET=str(world.vm_socket(src))))
             stdout = self.proc.stdout
@@ -125,7 +125,7 @@ class EventStream:
         else:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.sock.connect(str(world.socket))
-            self.sock.sendall(encode_request("admin.Events", src, dest))
+            self.sock.sendall(encode_request(service, src, dest))
             self.sock.shutdown(socket.SHUT_WR)
             sock = self.sock
 
@@ -277,9 +277,9 @@ class World:
             [*CLIENT, target, service], check=False, input=payload, capture_output=True,
             timeout=timeout, env=dict(os.environ, QREXEC_VM_SOCKET=str(self.vm_socket(src))))
 
-    def events(self, src: str = "dom0", dest: str = "dom0",
-               via_qrexec: bool = False) -> EventStream:
-        return EventStream(self, src, dest, via_qrexec)
+    def events(self, src: str = "dom0", dest: str = "dom0", via_qrexec: bool = False,
+               service: str = "admin.Events") -> EventStream:
+        return EventStream(self, src, dest, via_qrexec, service)
 
     # -- observation ----------------------------------------------------------------------
     def domain_names(self) -> list[str]:
