@@ -174,16 +174,20 @@ def test_alice_cannot_create_disposable_when_her_default_dispvm_is_bobs(world):
         world.ok("admin.vm.property.Reset", "alice-admin", "default_dispvm")
 
 
-def test_alice_cannot_create_from_bobs_template_as_the_system_default(world):
-    """dom0 makes bob's private template the global default_template; alice's
-    Create.AppVM without a template argument would be based on it, a domain she may not
-    use. The value constraint has to cover the implicit template too."""
-    world.ok("admin.property.Set", "dom0", "default_template", b"bob-tpl")
+@pytest.mark.parametrize("service, prop, value, default", [
+    ("admin.vm.Create.AppVM", "default_template", b"bob-tpl", b"debian-12-xfce"),
+    ("admin.vm.Create.DispVM", "default_dispvm", b"bob-dvm", b"default-dvm"),
+])
+def test_alice_cannot_create_from_bobs_template_as_the_system_default(world, service, prop,
+                                                                      value, default):
+    """dom0 makes bob's private (disposable) template the system default; alice's Create
+    without a template argument would be based on it, a domain she may not use. The
+    value constraint has to cover the implicit template too."""
+    world.ok("admin.property.Set", "dom0", prop, value)
     try:
-        attack(world, "alice-admin", "dom0", "admin.vm.Create.AppVM",
-               b"name=implicit-stolen label=red")
+        attack(world, "alice-admin", "dom0", service, b"name=implicit-stolen label=red")
     finally:
-        world.ok("admin.property.Set", "dom0", "default_template", b"debian-12-xfce")
+        world.ok("admin.property.Set", "dom0", prop, default)
         if "implicit-stolen" in world.domain_names():
             world.ok("admin.vm.Remove", "implicit-stolen")
 
