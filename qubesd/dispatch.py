@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from qubesd.exc import PermissionDenied, ProtocolError
+from qubesd.exc import PermissionDenied, ProtocolError, QubesVMNotFoundError
 from qubesd.model.vm import AdminVM, BaseVM
 from qubesd.protocol import Request
 from qubesd.registry import Method, Presence, Registry
@@ -32,6 +32,8 @@ class Call:
         "filters",
         "method",
         "payload",
+        "redact",
+        "requested_dest",
         "send_event",
         "src",
         "started",
@@ -49,6 +51,10 @@ class Call:
         self.send_event = send_event
         #: predicates a listing applies to what it returns (from the gate and extensions)
         self.filters: list[Callable[[Any], bool]] = []
+        #: what an event stream shows of an event's values (the gate hides domains)
+        self.redact: Callable[[Any, str, dict], dict] | None = None
+        #: the destination as the caller wrote it (a name or ``uuid:``), for messages
+        self.requested_dest = dest.name
         self.started = time.perf_counter()
 
     @property
@@ -86,7 +92,13 @@ class Dispatcher:
         """Resolve and validate a request; raises the documented exceptions."""
         app = self.daemon.app
         src = app.lookup(req.src)
-        dest = app.lookup(req.dest)
+        try:
+            dest = app.lookup(req.dest)
+        except QubesVMNotFoundError:
+            if src.name == "dom0":
+                raise
+            # to a domain, a missing domain looks like one it may not see: no oracle
+            raise PermissionDenied(refusal(req.method, req.arg, req.dest)) from None
         method = self.methods.get(req.method)
         if method is None:
             raise ProtocolError(f"no such method: {req.method!r}")
@@ -103,13 +115,22 @@ class Dispatcher:
             raise ProtocolError("expected destination to be AdminVM")
         if dest_adminvm is False and isinstance(dest, AdminVM):
             raise ProtocolError("expected destination to not be AdminVM")
-        return Call(self.daemon, method, src, dest, req.arg, req.payload, send_event)
+        call = Call(self.daemon, method, src, dest, req.arg, req.payload, send_event)
+        call.requested_dest = req.dest
+        return call
 
     async def execute(self, req: Request, send_event: SendEvent | None = None) -> str | None:
         call = self.prepare(req, send_event)
         if not call.from_dom0:
             self.daemon.gate.authorize(call)
         return await call.method.handler(call)
+
+
+def refusal(method: str, arg: str, requested_dest: str) -> str:
+    """What a refused domain is told: nothing it did not send. The reasons of each layer
+    go to the audit log and to ``qubes-policy explain``, which only officers may read."""
+    return (f"Request refused: {method}{'+' + arg if arg else ''} to {requested_dest} "
+            "(ask the security officer: qubes-policy explain / audit)")
 
 
 def require(condition: bool, reason: str) -> None:

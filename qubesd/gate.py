@@ -29,7 +29,7 @@ from typing import Any
 from acl import AuditLog
 from acl.audit import now as audit_now
 from qrexec.policy import SystemInfo
-from qubesd.dispatch import Call
+from qubesd.dispatch import Call, refusal
 from qubesd.exc import PermissionDenied
 from qubesd.model.properties import VM
 from qubesd.model.vm import AdminVM, BaseVM
@@ -238,7 +238,9 @@ class Gate:
                 except UnicodeDecodeError:
                     named = None  # the handler's sanitizer refuses it with its own error
         elif kind is NamesDomain.TEMPLATE_ARG:
-            named = arg or None
+            # no argument means the system default, which the caller must be able to use
+            # too: it would otherwise create from a template it may not see
+            named = arg or self._default_template(method)
         elif kind is NamesDomain.DISPVM_TEMPLATE:
             named = (src.get_or("default_dispvm", None) if isinstance(dest, AdminVM)
                      else dest.name)
@@ -249,6 +251,14 @@ class Gate:
         # the same answer whether or not the domain exists: no existence oracle
         return {"allowed": False, "reason": f"{named} is not usable by {src.name}"}
 
+    def _default_template(self, method: Method) -> str | None:
+        klass = method.name.rsplit(".", 1)[1]
+        if klass == "DispVM":
+            return self.app.get_or("default_dispvm", None)
+        if klass == "AppVM":
+            return self.app.get_or("default_template", None)
+        return None  # TemplateVM and StandaloneVM are not based on a template
+
     def usable(self, src: BaseVM, name: str, state: PolicyState | None = None) -> bool:
         """May ``src`` see (and so name in a value) the domain ``name``?"""
         state = state or self.state
@@ -257,6 +267,11 @@ class Gate:
             return False
         if isinstance(vm, AdminVM):
             return self._global_visible(src, SEE, state)
+        if state.users is not None:
+            # the VMs acting for the caller's own user (e.g. her GUI domain as a guivm)
+            mine, theirs = state.users.principal_of(src.name), state.users.principal_of(name)
+            if mine is not None and theirs is not None and mine.user == theirs.user:
+                return True
         res = state.qrexec.evaluate(SEE, "", src.name, name, self.sysinfo())
         if res.result != "allow":
             return False
@@ -273,9 +288,11 @@ class Gate:
         verdict = self.decide(call.src, call.method, call.dest, call.arg, call.payload, state)
         if verdict.allowed and call.method.filtered:
             call.filters.append(self._filter_for(call, state))
+            if call.method.stream:
+                call.redact = self._redact_for(call.src)
         self._audit(call, verdict, started)
         if not verdict.allowed:
-            raise PermissionDenied(verdict.reason)
+            raise PermissionDenied(refusal(call.method.name, call.arg, call.requested_dest))
 
     def _audit(self, call: Call, verdict: Verdict, started: float) -> None:
         """One JSON line per decision (acl/audit.py's fields), encoded here because this
@@ -340,6 +357,26 @@ class Gate:
         casbin_dest = None if target_name == "dom0" else target
         return self._casbin(state, src, "admin.Events", casbin_dest)["allowed"]
 
+    def _redact_for(self, src: BaseVM):
+        """Event values naming a domain the caller may not see read as None, as the
+        same values do through property.Get."""
+        app = self.app
+
+        def redact(subject, event: str, kwargs: dict) -> dict:
+            if self.state.authorizer is None:
+                return kwargs
+            vm_valued = event.startswith("property-") and _names_domain(
+                subject, kwargs.get("name"), app)
+            shown = {}
+            for key, value in kwargs.items():
+                name = value.name if isinstance(value, BaseVM) else (
+                    value if vm_valued and key in ("newvalue", "oldvalue") else None)
+                if name is not None and not self.usable(src, name):
+                    value = None
+                shown[key] = value
+            return shown
+        return redact
+
     def can_see(self, call: Call, name: str) -> bool:
         """Whether a property value naming ``name`` is shown to the caller (upstream shows
         every value; under userdomains.yaml only domains the caller may see)."""
@@ -349,6 +386,13 @@ class Gate:
                 untrusted_payload: bytes = b"") -> Verdict:
         """The verdict a real call would get, through the same code path."""
         return self.decide(src, method, dest, arg, untrusted_payload)
+
+
+def _names_domain(subject, prop_name, app) -> bool:
+    """Whether a property event's values are domain names."""
+    holder = subject if isinstance(subject, BaseVM) else app
+    prop = holder.PROPS.get(prop_name) if isinstance(prop_name, str) else None
+    return prop is not None and prop.kind == VM
 
 
 __all__ = ["Gate", "Path", "Verdict"]

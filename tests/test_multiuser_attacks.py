@@ -363,3 +363,29 @@ def test_alice_created_domain_is_tagged_for_alice_not_the_named_source(world):
         assert b"spoofed-owner" not in bob
     finally:
         world.ok("admin.vm.Remove", "spoofed-owner")
+
+
+# -- GUI tags and the user's own acting VMs ------------------------------------------------
+
+@pytest.mark.parametrize("tag", ["guivm-sys-gui-bob", "audiovm-sys-gui-bob", "guivm-dom0"])
+@pytest.mark.parametrize("method", ["admin.vm.tag.Set", "admin.vm.tag.Remove"])
+def test_alice_cannot_write_gui_tags_to_expose_her_domain(world, tag, method):
+    """guivm-* decides what a GUI domain may touch; only the property (set by dom0's
+    extension) may write it, or alice could hand her domain to bob's GUI domain."""
+    attack(world, "alice-admin", "work", f"{method}+{tag}")
+
+
+def test_alice_may_point_her_domain_at_her_own_gui_domain(world):
+    result = world.vm("alice-admin", "personal", "admin.vm.property.Set+guivm",
+                      b"sys-gui-alice")
+    try:
+        assert (result.returncode, result.stdout) == (0, b"0\0"), result
+        got = world.vm("alice-admin", "personal", "admin.vm.property.Get+guivm")
+        assert got.stdout == b"0\0default=False type=vm sys-gui-alice", got
+        assert "guivm-sys-gui-alice" in world.ok("admin.vm.tag.List", "personal").split()
+    finally:
+        world.ok("admin.vm.property.Set", "personal", "guivm", b"sys-gui-alice")
+
+
+def test_alice_cannot_point_her_domain_at_bobs_gui_domain(world):
+    attack(world, "alice-admin", "personal", "admin.vm.property.Set+guivm", b"sys-gui-bob")

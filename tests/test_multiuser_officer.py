@@ -10,6 +10,7 @@ changes nothing, neither the files nor what anyone may do. All calls go through
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 import pytest
@@ -114,7 +115,14 @@ def test_officer_cannot_start_a_domain_without_a_grant(world):
                 result = call(world, OFFICER, target, service, payload)
             assert result.returncode == 0, result  # reached qubesd: the gate decided
             assert result.stdout.startswith(b"2\0PermissionDenied\0"), (service, result)
-            assert b"casbin" in result.stdout, result
+            # the caller is told nothing more; the audit log says which layer refused
+            method = service.split("+", 1)[0]
+            records = [json.loads(line) for line in
+                       (world.state_dir / "audit.log").read_text().splitlines()]
+            last = next(r for r in reversed(records)
+                        if r["source"] == OFFICER and r["method"] == method)
+            assert last["result"] == "deny", last
+            assert "allow" in last["reasons"]["qrexec"] and "casbin" in last["reasons"], last
     finally:
         world.ok("admin.vm.tag.Remove", OFFICER, "demo-user")
 

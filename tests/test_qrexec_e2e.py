@@ -112,10 +112,14 @@ def test_vm_call_through_qubesd_acts_as_the_socket_domain(world: World) -> None:
     assert (r.returncode, r.stdout) == (0, b"0\0"), r.stderr
     tags = dom0_call(world.run, "admin.vm.tag.List+ dom0 name made-by-mgmt")
     assert b"created-by-mgmt\n" in tags
-    # qubesd's own errors come back unchanged with exit 0
+    # qubesd's own errors come back unchanged with exit 0; to a domain, a missing
+    # domain is refused like one it may not see (no existence oracle)
     r = client(world.run, "mgmt", "no-such-vm", "admin.vm.property.Get+label")
     assert r.returncode == 0
-    assert r.stdout.startswith(b"2\0QubesVMNotFoundError\0")
+    assert r.stdout.startswith(b"2\0PermissionDenied\0\0Request refused: ")
+    r = client(world.run, "mgmt", "dom0", "admin.vm.Create.StandaloneVM",
+               stdin=b"name=made-by-mgmt label=red")
+    assert r.stdout.startswith(b"2\0QubesVMAlreadyExistsError\0"), r.stdout
 
 
 def test_client_library_vm_mode(world: World) -> None:

@@ -543,10 +543,13 @@ def test_vm_mode_officer_and_refused_user(tmp_path):
             # alice's VM passes qrexec but is no officer: the gate refuses, one clean line
             line = VmCli(sockets[1], root / "nowhere.sock").fail("-l")
             assert line.startswith("qubes-policy: error: ")
-            assert line == ("qubes-policy: error: PermissionDenied: casbin: policy.* is "
-                            "reserved to officers; alice-admin is not one")
+            assert line == ("qubes-policy: error: PermissionDenied: Request refused: "
+                            "policy.List to dom0 (ask the security officer: qubes-policy "
+                            "explain / audit)")
+            # the reason is for the officer's eyes only
             audit = officer.ok("audit", "--source", "alice-admin", "--method", "policy.List")
             assert " deny " in audit.splitlines()[-1]
+            assert "reserved to officers; alice-admin is not one" in audit.splitlines()[-1]
         finally:
             qrexec.terminate()
             qrexec.wait(10)

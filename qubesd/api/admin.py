@@ -577,7 +577,7 @@ async def events(call: Call) -> None:
         if only is not None and subject is not only:
             return
         if call.visible((subject, event, kwargs)):
-            send(subject, event, kwargs)
+            send(subject, event, call.redact(subject, event, kwargs) if call.redact else kwargs)
 
     send(app, "connection-established", {})
     app.bus.subscribe("*", forward)

@@ -1,6 +1,8 @@
 """Upstream's built-in vetoes (spec 4.2), as an extension on the permission events.
 
 - ``created-by-*`` tags mark ownership; only dom0 may set or remove them.
+- ``guivm-*`` and ``audiovm-*`` tags mirror the properties (the gui/audio extension keeps
+  them in step) and decide what a GUI domain may touch; only dom0 may write them.
 - A few features record internal state of preloaded disposables; nobody may change them
   through the API, dom0 included.
 - Creator features: ``tag-created-vm-with`` adds tags, ``set-created-guivm`` sets the
@@ -24,8 +26,10 @@ class AdminProtectExtension:
             bus.subscribe(f"admin-permission:{method}", self.on_feature_change)
         bus.subscribe("domain-tag-add:created-by-*", self.on_created)
 
+    PROTECTED_TAG_PREFIXES = ("created-by-", "guivm-", "audiovm-")
+
     def on_tag_change(self, src, event: str, dest=None, arg: str = "", **kwargs) -> None:
-        if arg.startswith("created-by-") and not isinstance(src, AdminVM):
+        if arg.startswith(self.PROTECTED_TAG_PREFIXES) and not isinstance(src, AdminVM):
             raise PermissionDenied(
                 "changing this tag is prohibited by qubes.ext.admin.AdminExtension")
 
