@@ -125,11 +125,12 @@ def _host(backend: LibvirtBackend) -> tuple[int, int]:
         return 4096, os.cpu_count() or 1
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="qubesd",
-        description="The Qubes management daemon: holds every domain, persists qubes.xml, "
-                    "drives libvirt and answers the Admin API on a UNIX socket.")
+def parse_args(argv: list[str] | None, prog: str = "qubesd",
+               description: str = "The Qubes management daemon: holds every domain, "
+                                  "persists qubes.xml, drives libvirt and answers the Admin "
+                                  "API on a UNIX socket.",
+               with_demo: bool = False) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--state-dir", type=Path, default=paths.DEFAULT_STATE_DIR,
                         help="where qubes.xml lives (default: %(default)s)")
     parser.add_argument("--run-dir", type=Path, default=paths.DEFAULT_RUN_DIR,
@@ -143,10 +144,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "built-in test driver)")
     parser.add_argument("--debug", action="store_true",
                         help="verbose logs and Python tracebacks in error replies")
+    if with_demo:
+        parser.add_argument("--no-demo", action="store_true",
+                            help="do not seed the multi-user demo into a fresh state")
     return parser.parse_args(argv)
 
 
-async def run(args: argparse.Namespace, extra=None) -> None:
+async def run(args: argparse.Namespace) -> None:
     daemon = Daemon(args.state_dir, args.run_dir, args.config_dir, args.libvirt_uri,
                     args.debug)
     await daemon.start()
@@ -154,20 +158,18 @@ async def run(args: argparse.Namespace, extra=None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    extra_task = asyncio.ensure_future(extra(daemon)) if extra else None
     await stop.wait()
     log.info("stopping: saving state")
-    if extra_task is not None:
-        extra_task.cancel()
     await daemon.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def launch(args: argparse.Namespace, run_coroutine) -> int:
+    """Run ``run_coroutine(args)`` with logging set up; start-up failures become one line
+    on stderr and exit status 1."""
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        asyncio.run(run(args))
+        asyncio.run(run_coroutine(args))
     except StoreLoadError as err:
         print(f"qubesd: cannot load state: {err}", file=sys.stderr)
         return 1
@@ -175,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qubesd: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return launch(parse_args(argv), run)
 
 
 if __name__ == "__main__":

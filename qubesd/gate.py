@@ -42,7 +42,7 @@ log = logging.getLogger("qubesd.gate")
 SEE = "admin.vm.List"
 
 
-@dataclass
+@dataclass(slots=True)
 class Verdict:
     allowed: bool
     reason: str

@@ -7,14 +7,12 @@ On a fresh state directory the multi-user demo (qubesd/demo.py) is seeded first.
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 
 from qrexec import daemon as qrexec_daemon
 from qubesd import demo
-from qubesd.daemon import Daemon, parse_args
-from qubesd.store import StoreLoadError
+from qubesd.daemon import Daemon, launch, parse_args
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -47,23 +45,10 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    no_demo = "--no-demo" in argv
-    if no_demo:
-        argv.remove("--no-demo")
-    args = parse_args(argv)
-    args.no_demo = no_demo
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        asyncio.run(run(args))
-    except StoreLoadError as err:
-        print(f"qubesd: cannot load state: {err}", file=sys.stderr)
-        return 1
-    except (FileExistsError, OSError) as err:
-        print(f"qubesd: {err}", file=sys.stderr)
-        return 1
-    return 0
+    args = parse_args(argv, prog="make run", with_demo=True,
+                      description="qubesd and qrexec-daemon in one process; on a fresh "
+                                  "state directory, the multi-user demo is seeded first.")
+    return launch(args, run)
 
 
 if __name__ == "__main__":

@@ -8,16 +8,15 @@ The store knows the model's data, never who asked for a change.
 """
 
 import asyncio
-import errno
 import fcntl
 import logging
 import os
-import tempfile
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 from lxml import etree
 
+from qubesd.atomicfile import replace_file
 from qubesd.exc import QubesException
 from qubesd.model.app import App
 from qubesd.model.labels import Label
@@ -262,28 +261,7 @@ class QubesXmlFile:
             if self._known is not None and (st.st_ino, st.st_mtime_ns) != self._known \
                     and st.st_size:
                 raise QubesException("Someone else modified qubes.xml in the meantime")
-            fd, tmp = tempfile.mkstemp(prefix="qubes.xml~", dir=directory)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fchmod(f.fileno(), 0o660)
-                    os.fsync(f.fileno())
-                if self.before_rename is not None:
-                    self.before_rename(tmp)
-                os.replace(tmp, self.path)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError as err:
-                    if err.errno != errno.ENOENT:
-                        raise
-                raise
-            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            replace_file(self.path, data, 0o660, self.before_rename)
             st = os.stat(self.path)
             self._known = (st.st_ino, st.st_mtime_ns)
         finally:

@@ -9,8 +9,6 @@ everything as it was.
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from acl import read_audit
@@ -22,6 +20,7 @@ from qrexec.policy.admin import (
     PolicyAdminSyntaxException,
     PolicyAdminTokenException,
 )
+from qubesd.atomicfile import replace_file
 from qubesd.dispatch import Call
 from qubesd.exc import QubesException
 from qubesd.policystate import build_state
@@ -119,28 +118,8 @@ async def acl_replace(call: Call) -> None:
     except UserDomainsError as err:
         raise _wire(PolicyAdminSyntaxException(f"Policy change validation failed: {err}")) \
             from None
-    _atomic_write(path, untrusted_content)
+    replace_file(path, untrusted_content, 0o640)
     gate.swap(state, "policy.acl.Replace", call.src.name)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}~", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), 0o640)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 # -- explain, audit, and the officer's reports -----------------------------------------------
