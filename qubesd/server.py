@@ -81,6 +81,10 @@ class QubesdProtocol(asyncio.Protocol):
         try:
             result = await self.dispatcher.execute(request, self.send_event)
             reply = protocol.ok(result)
+            method = self.dispatcher.methods.get(request.method)
+            if method is not None and method.mutating:  # what changed, and who asked
+                log.info("%s+%s %s -> %s: done", request.method, request.arg, request.src,
+                         request.dest)
         except asyncio.CancelledError:
             return
         except Exception as exc:  # noqa: BLE001 - every error becomes a reply
