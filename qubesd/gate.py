@@ -229,6 +229,14 @@ class Gate:
                           dest: BaseVM, arg: str, untrusted_payload: bytes) -> dict[str, Any]:
         named = None
         kind = method.names_domain
+        if kind is NamesDomain.MEMBERSHIP_TAG:
+            # a tag named by a set's rule moves domains between sets: a user could hand
+            # her domain to another user, or slip out of a set her deny grant names
+            rules = [s.name for s in state.users.sets.values() if arg in s.tags]
+            if rules:
+                return {"allowed": False, "reason": f"tag {arg} decides membership of "
+                        f"set(s) {', '.join(sorted(rules))}; only dom0 may change it"}
+            return {"allowed": True, "reason": "the tag decides no set membership"}
         if kind is NamesDomain.PROPERTY_VALUE:
             holder = self.app if method.name.startswith("admin.property.") else dest
             prop = holder.PROPS.get(arg)

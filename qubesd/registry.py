@@ -41,6 +41,7 @@ class NamesDomain(Enum):
     PROPERTY_VALUE = "property-value"  # payload of property.Set when the property is a VM ref
     TEMPLATE_ARG = "template-arg"      # the argument of admin.vm.Create.* (template)
     DISPVM_TEMPLATE = "dispvm-template"  # CreateDisposable: dest, or src.default_dispvm
+    MEMBERSHIP_TAG = "membership-tag"  # tag.Set/Remove: the tag may decide set membership
 
 
 Handler = Callable[["object"], Awaitable[str | None]]

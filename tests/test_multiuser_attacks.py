@@ -389,3 +389,24 @@ def test_alice_may_point_her_domain_at_her_own_gui_domain(world):
 
 def test_alice_cannot_point_her_domain_at_bobs_gui_domain(world):
     attack(world, "alice-admin", "personal", "admin.vm.property.Set+guivm", b"sys-gui-bob")
+
+
+# -- membership tags --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method,target,tag", [
+    # into bob's set (bob's rule is the tag owner-bob): a trojan in bob's view
+    ("admin.vm.tag.Set", "work", "owner-bob"),
+    # out of her own set's tag rule: membership is dom0's to change
+    ("admin.vm.tag.Remove", "work", "owner-alice"),
+    ("admin.vm.tag.Set", "personal", "owner-alice"),
+])
+def test_alice_cannot_change_tags_that_decide_set_membership(world, method, target, tag):
+    attack(world, "alice-admin", target, f"{method}+{tag}")
+
+
+def test_alice_may_still_set_ordinary_tags_on_her_domain(world):
+    result = world.vm("alice-admin", "personal", "admin.vm.tag.Set+project-x")
+    try:
+        assert (result.returncode, result.stdout) == (0, b"0\0"), result
+    finally:
+        world.ok("admin.vm.tag.Remove", "personal", "project-x")

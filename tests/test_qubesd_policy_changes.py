@@ -67,3 +67,44 @@ def test_refused_change_leaves_files_snapshot_and_behaviour(tmp_path):
         assert (q.config_dir / "userdomains.yaml").read_bytes() == users_file
         assert len(changes(q)) == before
         assert q.ok("admin.vm.List", "dom0", src="alice-admin") == seen
+
+
+QUARANTINE = """\
+roles:
+  owner: [admin.vm.List, admin.vm.Start, admin.vm.tag.Set, admin.vm.tag.Remove,
+          admin.vm.tag.List]
+  run: [admin.vm.Start]
+users:
+  alice:
+    management: [alice-admin]
+    grants:
+      - {role: owner, sets: [mine]}
+      - {role: run, sets: [quarantine], effect: deny}
+sets:
+  mine: {domains: [work]}
+  quarantine: {tags: [quarantine]}
+"""
+
+
+def test_a_deny_set_cannot_be_escaped_by_removing_its_tag(tmp_path):
+    policy = tmp_path / "q" / "etc" / "policy.d"
+    policy.mkdir(parents=True)
+    (policy / "30-alice.policy").write_text(
+        "".join(f"{m} * alice-admin @anyvm allow target=dom0\n" for m in (
+            "admin.vm.Start", "admin.vm.tag.Set", "admin.vm.tag.Remove", "admin.vm.tag.List")))
+    (tmp_path / "q" / "etc" / "userdomains.yaml").write_text(QUARANTINE)
+    with QubesdProcess(tmp_path / "q") as q:
+        q.ok("admin.vm.Create.TemplateVM", "dom0", "", b"name=tpl label=black")
+        q.ok("admin.property.Set", "dom0", "default_template", b"tpl")
+        for name in ("work", "alice-admin"):
+            q.ok("admin.vm.Create.AppVM", "dom0", "", f"name={name} label=red".encode())
+        q.ok("admin.vm.tag.Set", "work", "quarantine")  # dom0 quarantines it
+        assert q.error("admin.vm.Start", "work", src="alice-admin")[0] == "PermissionDenied"
+        before = q.xml.read_bytes()
+        assert q.error("admin.vm.tag.Remove", "work", "quarantine",
+                       src="alice-admin")[0] == "PermissionDenied"
+        assert q.xml.read_bytes() == before
+        assert q.error("admin.vm.Start", "work", src="alice-admin")[0] == "PermissionDenied"
+        q.ok("admin.vm.tag.Set", "work", "harmless", src="alice-admin")  # others are hers
+        refusal = next(r for r in audit(q) if r["method"] == "admin.vm.tag.Remove")
+        assert "decides membership of set(s) quarantine" in refusal["reasons"]["value"]

@@ -258,7 +258,8 @@ async def tag_get(call: Call) -> str:
     return "1" if tag in call.dest.tags else "0"
 
 
-@api("admin.vm.tag.Set", dest=D.ANY, arg=P.REQUIRED, scope=LOCAL, access=W)
+@api("admin.vm.tag.Set", dest=D.ANY, arg=P.REQUIRED, scope=LOCAL, access=W,
+     names_domain=NamesDomain.MEMBERSHIP_TAG)
 async def tag_set(call: Call) -> None:
     tag = validate_tag(call.arg)
     call.fire_permission()
@@ -266,7 +267,8 @@ async def tag_set(call: Call) -> None:
     await call.save()
 
 
-@api("admin.vm.tag.Remove", dest=D.ANY, arg=P.REQUIRED, scope=LOCAL, access=W)
+@api("admin.vm.tag.Remove", dest=D.ANY, arg=P.REQUIRED, scope=LOCAL, access=W,
+     names_domain=NamesDomain.MEMBERSHIP_TAG)
 async def tag_remove(call: Call) -> None:
     tag = validate_tag(call.arg)
     call.fire_permission()
