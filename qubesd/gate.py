@@ -23,7 +23,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _json_str
-from pathlib import Path
 from typing import Any
 
 from acl import AuditLog
@@ -403,4 +402,4 @@ def _names_domain(subject, prop_name, app) -> bool:
     return prop is not None and prop.kind == VM
 
 
-__all__ = ["Gate", "Path", "Verdict"]
+__all__ = ["Gate", "Verdict"]

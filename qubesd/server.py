@@ -9,11 +9,13 @@ the client gets a clear message and the daemon keeps serving.
 
 import asyncio
 import logging
+import os
+import socket
 import traceback
 
 from qubesd import protocol
 from qubesd.dispatch import Dispatcher
-from qubesd.exc import WIRE_EXCEPTIONS, PermissionDenied, ProtocolError, QubesException
+from qubesd.exc import WIRE_EXCEPTIONS, PermissionDenied, ProtocolError
 
 log = logging.getLogger("qubesd.server")
 
@@ -21,9 +23,6 @@ log = logging.getLogger("qubesd.server")
 def _class_name(exc: BaseException) -> str | None:
     """The wire name of an exception the caller may see, or None for internal errors."""
     if isinstance(exc, WIRE_EXCEPTIONS):
-        return type(exc).__name__
-    # policy administration errors come from qrexec/, which must not import qubesd
-    if getattr(exc, "wire_exception", False):
         return type(exc).__name__
     return None
 
@@ -111,8 +110,6 @@ class QubesdProtocol(asyncio.Protocol):
 
 
 async def serve(path: str, dispatcher: Dispatcher, debug: bool = False) -> asyncio.AbstractServer:
-    import os
-    import socket
     if os.path.exists(path):
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -131,5 +128,3 @@ async def serve(path: str, dispatcher: Dispatcher, debug: bool = False) -> async
         os.umask(old_umask)
     return server
 
-
-__all__ = ["QubesException", "serve"]

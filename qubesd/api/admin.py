@@ -13,7 +13,6 @@ import string
 
 from qubesd.dispatch import Call, require, require_arg
 from qubesd.exc import (
-    PermissionDenied,
     ProtocolError,
     QubesException,
     QubesFeatureNotFoundError,
@@ -616,5 +615,3 @@ async def stats(call: Call) -> None:
                 "online_vcpus": info.get("online_vcpus", 0)})
         await asyncio.sleep(app.get("stats_interval"))
 
-
-__all__ = ["PermissionDenied"]

@@ -14,7 +14,16 @@ from qubesd.exc import (
     QubesVMNotFoundError,
 )
 from qubesd.model.labels import DEFAULT_LABELS, Label
-from qubesd.model.properties import BOOL, INT, STR, VM, Prop, PropertyHolder, props_table
+from qubesd.model.properties import (
+    BOOL,
+    INT,
+    NO_DEFAULT,
+    STR,
+    VM,
+    Prop,
+    PropertyHolder,
+    props_table,
+)
 from qubesd.model.validate import validate_name
 from qubesd.model.vm import AdminVM, BaseVM
 
@@ -75,7 +84,7 @@ GLOBAL_PROPS = props_table(*(
         ("default_dispvm", VM, None, _global_vm(dispvm_template=True),
          "Default DispVM base for service calls", False),
         ("default_guivm", VM, "dom0", _global_vm(), "Default GuiVM for VMs.", False),
-        ("default_kernel", STR, Prop, None, "Which kernel to use when not overriden in VM",
+        ("default_kernel", STR, NO_DEFAULT, None, "Which kernel to use when not overriden in VM",
          False),
         ("default_netvm", VM, None, _global_vm(),
          ("Default NetVM for AppVMs. Initial state is `None`, which means that AppVMs "
@@ -95,7 +104,7 @@ GLOBAL_PROPS = props_table(*(
          False),
         ("default_shutdown_timeout", INT, 60, _positive,
          "Default time in seconds for VM shutdown to complete", False),
-        ("default_template", VM, Prop, _global_vm("TemplateVM"),
+        ("default_template", VM, NO_DEFAULT, _global_vm("TemplateVM"),
          "Default template for new AppVMs", False),
         ("management_dispvm", VM, None, _global_vm(dispvm_template=True),
          "Default DispVM base for managing VMs", False),
@@ -108,11 +117,6 @@ GLOBAL_PROPS = props_table(*(
         ("updatevm", VM, None, _global_vm(),
          "Which VM to use as `yum` proxy for updating AdminVM and TemplateVMs", False),
     )))
-# `Prop` itself marks "no default" in the table above, to keep it one tuple per line.
-for _prop in GLOBAL_PROPS.values():
-    if _prop.default is Prop:
-        from qubesd.model.properties import NO_DEFAULT
-        _prop.default = NO_DEFAULT
 
 
 class App(PropertyHolder):

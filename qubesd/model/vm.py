@@ -3,13 +3,12 @@
 import re
 from typing import TYPE_CHECKING
 
-from qubesd.exc import QubesLabelNotFoundError, QubesPropertyValueError, QubesValueError
+from qubesd.exc import QubesPropertyValueError, QubesValueError
 from qubesd.model.labels import Label
 from qubesd.model.properties import (
     BOOL,
     INT,
     LABEL,
-    NO_DEFAULT,
     STR,
     VM,
     Prop,
@@ -143,10 +142,6 @@ def _provides_network(holder, prop: Prop, value: bool) -> bool:
     if not value and any(vm.get_or("netvm", None) == holder.name
                          for vm in holder.app.domains.values() if vm is not holder):
         raise QubesValueError(f"The qube {holder.name} is still used as netvm by other qubes")
-    return value
-
-
-def _template_for_dispvms(holder, prop: Prop, value: bool) -> bool:
     return value
 
 
@@ -310,7 +305,7 @@ QUBESVM_PROPS = props_table(
 )
 
 _TEMPLATE_FOR_DISPVMS = Prop(
-    "template_for_dispvms", BOOL, False, check=_template_for_dispvms,
+    "template_for_dispvms", BOOL, False,
     doc="Should this VM be allowed to start as Disposable VM")
 
 
@@ -483,14 +478,12 @@ VM_REF_PROPS = frozenset(
 
 __all__ = [
     "ADMINVM_UUID",
-    "NO_DEFAULT",
     "VM_CLASSES",
     "VM_REF_PROPS",
     "AdminVM",
     "AppVM",
     "BaseVM",
     "DispVM",
-    "QubesLabelNotFoundError",
     "QubesVM",
     "StandaloneVM",
     "TemplateVM",
