@@ -11,7 +11,7 @@ from pathlib import Path
 from qrexec.policy.defaults import install_default_policy
 from qubesd import paths
 from qubesd.api import admin as _admin_api  # noqa: F401 - registers the methods
-from qubesd.api import internal as _internal_api
+from qubesd.api import internal as _internal_api  # noqa: F401 - registers the methods
 from qubesd.api import policy as _policy_api  # noqa: F401 - registers policy.*
 from qubesd.backend import BackendError, LibvirtBackend
 from qubesd.dispatch import Call, Dispatcher
@@ -23,6 +23,7 @@ from qubesd.model.properties import VM, Prop, PropertyHolder
 from qubesd.registry import REGISTRY
 from qubesd.server import serve
 from qubesd.store import StoreLoadError, open_store, warm_cache
+from qubesd.sysinfo import system_info
 
 log = logging.getLogger("qubesd")
 
@@ -95,7 +96,7 @@ class Daemon:
 
     def system_info(self) -> dict:
         if self._system_info is None:
-            self._system_info = _internal_api.system_info(self.app)
+            self._system_info = system_info(self.app)
         return self._system_info
 
     def visible_value(self, call: Call, prop: Prop, value):

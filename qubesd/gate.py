@@ -34,6 +34,7 @@ from qubesd.model.properties import VM
 from qubesd.model.vm import AdminVM, BaseVM
 from qubesd.policystate import USERDOMAINS_FILE, PolicyState, build_state, fingerprint
 from qubesd.registry import Method, NamesDomain, Scope
+from qubesd.sysinfo import domain_record
 
 log = logging.getLogger("qubesd.gate")
 
@@ -93,7 +94,6 @@ class Gate:
         if self._sysinfo is None or dirty is None:
             self._sysinfo = SystemInfo.from_json(self.daemon.system_info())
         elif dirty:
-            from qubesd.api.internal import domain_record
             self._sysinfo = self._sysinfo.updated(
                 {name: (domain_record(self.app.domains[name])
                         if name in self.app.domains else None) for name in dirty})
@@ -297,11 +297,13 @@ class Gate:
             call.filters.append(self._filter_for(call, state))
             if call.method.stream:
                 call.redact = self._redact_for(call.src)
-        self._audit(call, verdict, started)
+        audited = self._audit(call, verdict, started)
         if not verdict.allowed:
             raise PermissionDenied(refusal(call.method.name, call.arg, call.requested_dest))
+        if not audited:  # fail closed: no call from a domain goes unrecorded
+            raise PermissionDenied("Request refused: the audit log cannot be written")
 
-    def _audit(self, call: Call, verdict: Verdict, started: float) -> None:
+    def _audit(self, call: Call, verdict: Verdict, started: float) -> bool:
         """One JSON line per decision (acl/audit.py's fields), encoded here because this
         runs for every call from a domain."""
         reasons = verdict.reasons_json
@@ -318,8 +320,10 @@ class Gate:
                 f'"latency_us":{(time.perf_counter() - started) * 1e6:.1f}}}\n')
         try:
             self.audit.write_line(line.encode("ascii"))
-        except OSError:
+        except (OSError, ValueError):  # ValueError: the log was closed
             log.exception("audit log write failed")
+            return False
+        return True
 
     def _filter_for(self, call: Call, state: PolicyState):
         src, method = call.src, call.method.name
