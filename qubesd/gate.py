@@ -77,9 +77,12 @@ class Gate:
         state = self.state
         mode = ("multi-user" if state.users is not None else
                 "fail-closed" if state.users_error else "upstream (qrexec policy only)")
-        log.info("policy snapshot %s: %d qrexec rules%s, mode %s", state.id,
-                 len(state.qrexec), f" (ERROR: {state.qrexec.error})"
-                 if state.qrexec.error else "", mode)
+        if state.qrexec.error:
+            log.error("policy snapshot %s: the qrexec policy does not load, every call from "
+                      "a domain is denied: %s (mode %s)", state.id, state.qrexec.error, mode)
+        else:
+            log.info("policy snapshot %s: %d qrexec rules, mode %s", state.id,
+                     len(state.qrexec), mode)
 
     # -- system info for the qrexec engine, updated per changed domain --------------------
     def _domain_changed(self, vm: BaseVM | None) -> None:
