@@ -170,8 +170,27 @@ def call(target: str, service: str, sock_path: str, prefix: bytes, in_fd: int, o
     return status
 
 
+HELP = USAGE + """
+Call SERVICE (with its +ARG) on TARGET as the domain whose socket you use: stdin is the
+payload, stdout the reply (for Admin API calls, qubesd's reply bytes unchanged).
+
+  TARGET    a domain name, or dom0 / @adminvm for global Admin API calls
+  -p PREFIX send PREFIX before stdin; -t/-T are accepted and ignored
+  LOCAL_PROGRAM  run it with its stdout as the payload and the reply as its stdin
+
+Environment: QREXEC_VM_SOCKET, the domain's socket (<run-dir>/qrexec/<domain>.sock),
+which is also the caller's identity.
+Exit status: the service's status (0 for Admin API calls whatever qubesd answered),
+126 refused by policy, 127 no such service, 125 qrexec error.
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parsed = _parse(list(sys.argv[1:] if argv is None else argv))
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] in (["-h"], ["--help"]):
+        sys.stdout.write(HELP)
+        return 0
+    parsed = _parse(args)
     if parsed is None:
         sys.stderr.write(USAGE)
         return 2
