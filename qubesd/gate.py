@@ -214,18 +214,17 @@ class Gate:
 
     def _casbin(self, state: PolicyState, src: BaseVM, method: Method | str,
                 dest: BaseVM | None) -> dict[str, Any]:
-        name = method if isinstance(method, str) else method.name
+        name = method if method.__class__ is str else method.name
         if state.authorizer is None:
             return {"allowed": True, "reason": "no userdomains.yaml: qrexec policy alone "
                                                "decides (upstream mode)"}
         is_global = dest is None or (isinstance(dest, AdminVM) and (
-            isinstance(method, str) or method.scope is Scope.GLOBAL))
+            method.__class__ is str or method.scope is Scope.GLOBAL))
         decision = state.authorizer.decide(src.name, name, None if is_global else dest.name,
                                            () if is_global else dest.tags)
         principal = state.users.principal_of(src.name) if state.users else None
         return {"allowed": decision.allowed, "reason": decision.reason,
-                "rows": list(decision.rows),
-                "user": principal.user if principal else None}
+                "rows": decision.rows, "user": principal.user if principal else None}
 
     def _value_constraint(self, state: PolicyState, src: BaseVM, method: Method,
                           dest: BaseVM, arg: str, untrusted_payload: bytes) -> dict[str, Any]:
