@@ -697,27 +697,14 @@ class QrexecDaemon:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> int:
-        kind, value = transport.requested_target_descriptor(requested)
-        descriptor = f"{service}+{arg} {source} {kind} {value}\0".encode("ascii")
-        try:
-            q_reader, q_writer = await asyncio.open_unix_connection(str(self.qubesd_sock))
-        except OSError as e:
-            await _send(writer, transport.FRAME_STDERR, f"qubesd unreachable: {e}\n".encode())
-            return transport.EXIT_QREXEC_ERROR
-        q_writer.write(descriptor)
-        feeder = asyncio.create_task(services.pump_raw(reader, q_writer))
-        try:
-            while True:
-                chunk = await q_reader.read(services.CHUNK)
-                if not chunk:
-                    break
-                await _send(writer, transport.FRAME_STDOUT, chunk)
-        finally:
-            feeder.cancel()
-            with contextlib.suppress(BaseException):
-                await feeder
-            q_writer.close()
-        return transport.EXIT_OK
+        # qubesd.sock is a socket-based service, as /etc/qubes-rpc/admin.* are upstream:
+        # the descriptor is exactly qubesd's request header
+
+        async def send(kind: bytes, data: bytes) -> None:
+            await _send(writer, kind, data)
+
+        return await services.run_socket_service(self.qubesd_sock, service, arg, source,
+                                                 requested, reader, send)
 
     async def _dom0_service(
         self,

@@ -96,14 +96,14 @@ async def run_service(
     The caller sends the exit frame."""
     st = path.stat()
     if stat.S_ISSOCK(st.st_mode):
-        return await _run_socket_service(path, service, arg, source, requested_target, stdin, send)
+        return await run_socket_service(path, service, arg, source, requested_target, stdin, send)
     if not os.access(path, os.X_OK):
         await send(transport.FRAME_STDERR, f"service {path.name} is not executable\n".encode())
         return transport.EXIT_NO_SERVICE
     return await _run_executable(path, service, arg, source, requested_target, stdin, send)
 
 
-async def _run_socket_service(
+async def run_socket_service(
     path: Path,
     service: str,
     arg: str,
@@ -112,6 +112,8 @@ async def _run_socket_service(
     stdin: asyncio.StreamReader,
     send: Send,
 ) -> int:
+    """A socket-based service: the descriptor ``svc+arg source [type target]\0``, then
+    stdin; everything the socket answers is stdout. qubesd.sock is one of these."""
     descriptor = f"{service}+{arg} {source}"
     if requested_target is not None:
         kind, value = transport.requested_target_descriptor(requested_target)

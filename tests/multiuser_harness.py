@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Self
 
+from qubesd_harness import raw_call
+
 from qubesd.protocol import encode_request
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,20 +49,6 @@ BOB_PRIVATE = (
     ("bob-net", "admin.vm.Create.AppVM", "debian-12-xfce", {"provides_network": b"True"}),
     ("bob-gui-app", "admin.vm.Create.AppVM", "debian-12-xfce", {}),
 )
-
-
-def raw_call(path: Path | str, data: bytes, timeout: float = 30) -> bytes:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(str(path))
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
 
 
 def reply_class(reply: bytes) -> str | None:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Self
 
 from qubesd.protocol import encode_request
 
@@ -43,11 +44,12 @@ class QubesdProcess:
     def start(self, timeout: float = 20) -> "QubesdProcess":
         self.root.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, **(self.env or {}))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "qubesd.daemon", "--state-dir", str(self.state_dir),
-             "--run-dir", str(self.run_dir), "--config-dir", str(self.config_dir),
-             *self.extra_args],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env)
+        with open(self.log, "ab") as log:  # the child keeps its own copy of the fd
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "qubesd.daemon", "--state-dir", str(self.state_dir),
+                 "--run-dir", str(self.run_dir), "--config-dir", str(self.config_dir),
+                 *self.extra_args],
+                stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -89,8 +91,17 @@ class QubesdProcess:
         _, name, _tb, message, _ = reply.split(b"\0", 4)
         return name.decode(), message.decode()
 
-    def __enter__(self) -> "QubesdProcess":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def seed_upstream_fixture(daemon: QubesdProcess) -> QubesdProcess:
+    """The upstream test fixture of spec 8.1: test-template (qid 1), test-vm1 (qid 2)."""
+    daemon.ok("admin.property.Set", "dom0", "default_kernel", b"1.0")
+    daemon.ok("admin.vm.Create.TemplateVM", "dom0", "", b"name=test-template label=black")
+    daemon.ok("admin.property.Set", "dom0", "default_template", b"test-template")
+    daemon.ok("admin.vm.Create.AppVM", "dom0", "test-template", b"name=test-vm1 label=red")
+    return daemon

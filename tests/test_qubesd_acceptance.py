@@ -12,7 +12,7 @@ import os
 import re
 
 import pytest
-from qubesd_harness import QubesdProcess
+from qubesd_harness import QubesdProcess, seed_upstream_fixture
 
 from qubesd import exc as qexc
 
@@ -33,10 +33,7 @@ def fixture_daemon(root) -> QubesdProcess:
     (root / "etc" / "policy.d").mkdir(parents=True)
     (root / "etc" / "policy.d" / "30-test.policy").write_text(POLICY)
     daemon = QubesdProcess(root).start()
-    daemon.ok("admin.property.Set", "dom0", "default_kernel", b"1.0")
-    daemon.ok("admin.vm.Create.TemplateVM", "dom0", "", b"name=test-template label=black")
-    daemon.ok("admin.property.Set", "dom0", "default_template", b"test-template")
-    daemon.ok("admin.vm.Create.AppVM", "dom0", "test-template", b"name=test-vm1 label=red")
+    seed_upstream_fixture(daemon)
     return daemon
 
 

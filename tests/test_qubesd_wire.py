@@ -13,7 +13,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from qubesd_harness import QubesdProcess
+from qubesd_harness import QubesdProcess, seed_upstream_fixture
 
 from qubesd import exc as qexc
 from qubesd import protocol
@@ -80,10 +80,7 @@ def q(tmp_path_factory):
     (root / "etc" / "policy.d").mkdir(parents=True)
     (root / "etc" / "policy.d" / "30-test.policy").write_text(POLICY)
     daemon = QubesdProcess(root).start()
-    daemon.ok("admin.property.Set", "dom0", "default_kernel", b"1.0")
-    daemon.ok("admin.vm.Create.TemplateVM", "dom0", "", b"name=test-template label=black")
-    daemon.ok("admin.property.Set", "dom0", "default_template", b"test-template")
-    daemon.ok("admin.vm.Create.AppVM", "dom0", "test-template", b"name=test-vm1 label=red")
+    seed_upstream_fixture(daemon)
     daemon.vm1_uuid = daemon.ok("admin.vm.property.Get", "test-vm1", "uuid").split(" ")[2]
     daemon.baseline = xml_state(daemon)
     yield daemon
